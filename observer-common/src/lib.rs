@@ -1,0 +1,208 @@
+//! Types shared by the observer kernel program and the agent.
+//!
+//! The kernel side sees only the `#[repr(C)]` map layouts below: integers and byte arrays with
+//! explicit padding, so both sides agree on every byte. With the `user` feature the agent side
+//! adds `aya::Pod` impls, conversions to std types and the JSON flow-record schema ([`record`]).
+#![no_std]
+#![deny(unsafe_code)]
+
+#[cfg(feature = "user")]
+extern crate std;
+
+#[cfg(feature = "user")]
+pub mod record;
+#[cfg(feature = "user")]
+mod user;
+#[cfg(feature = "user")]
+pub use user::*;
+
+/// Address family of a flow key. v4-mapped IPv6 addresses are normalised to [`FAMILY_V4`] in the
+/// kernel, so one IPv4 peer is one flow however the application spelled its address.
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// The socket performed an active open (`connect()`): the local end is the client.
+pub const DIRECTION_CONNECT: u8 = 1;
+/// The socket is a passive open (an accepted connection): the local end is the server.
+pub const DIRECTION_ACCEPT: u8 = 2;
+
+/// How an active open ended. Passive opens only ever count [`Outcome::Established`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    /// The handshake completed: nothing blocked the flow.
+    Established = 0,
+    /// The peer answered with a reset (`ECONNREFUSED`): usually nothing listened.
+    Refused = 1,
+    /// SYN retries were exhausted (`ETIMEDOUT`): the usual signature of a dropping filter.
+    TimedOut = 2,
+    /// An ICMP error ended the handshake (`EHOSTUNREACH`, `ENETUNREACH`, ...).
+    Unreachable = 3,
+    /// The application closed the socket before the handshake completed.
+    Aborted = 4,
+}
+
+impl Outcome {
+    pub const COUNT: usize = 5;
+    pub const ALL: [Outcome; Outcome::COUNT] = [
+        Outcome::Established,
+        Outcome::Refused,
+        Outcome::TimedOut,
+        Outcome::Unreachable,
+        Outcome::Aborted,
+    ];
+
+    /// Classifies a failed active open (SYN_SENT -> CLOSE) by the socket's `sk_err`.
+    /// Linux errno values; they are the same on every architecture the agent supports.
+    #[inline(always)]
+    pub const fn of_failed_connect(sk_err: i32) -> Outcome {
+        match sk_err {
+            0 => Outcome::Aborted,
+            111 => Outcome::Refused,  // ECONNREFUSED
+            110 => Outcome::TimedOut, // ETIMEDOUT
+            // EHOSTUNREACH, ENETUNREACH, EHOSTDOWN and the other errors an ICMP message maps to.
+            _ => Outcome::Unreachable,
+        }
+    }
+
+    /// The name used in flow records, metrics and reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Outcome::Established => "established",
+            Outcome::Refused => "refused",
+            Outcome::TimedOut => "timed-out",
+            Outcome::Unreachable => "unreachable",
+            Outcome::Aborted => "aborted",
+        }
+    }
+}
+
+/// Key of the kernel's flow map: what makes two connections "the same flow". Never the ephemeral
+/// port or the pid, so a busy client is one entry, not thousands.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// cgroup2 id of the connecting task (active opens); 0 for passive opens, which run in
+    /// softirq where the current task is unrelated to the socket.
+    pub cgroup_id: u64,
+    /// Inode number of the socket's network namespace (`net->ns.inum`).
+    pub netns: u32,
+    /// The server's port, host byte order: the remote port of a connect, the local port of an accept.
+    pub server_port: u16,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// [`DIRECTION_CONNECT`] or [`DIRECTION_ACCEPT`].
+    pub direction: u8,
+    /// Local address; an IPv4 address occupies the first 4 bytes, the rest is zero.
+    pub local_addr: [u8; 16],
+    /// Remote address, laid out like `local_addr`.
+    pub remote_addr: [u8; 16],
+}
+
+/// Value of the kernel's flow map: cumulative counters, only ever increased by the kernel. The
+/// agent computes deltas against what it last read, so it never writes here.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowCounters {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the first and the latest counted connection.
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// Connections per [`Outcome`], indexed by its discriminant; their sum is the connection count.
+    pub outcomes: [u64; Outcome::COUNT],
+    /// pid (low 32 bits: thread id, high: tgid) and command of the first connecting task (set once, so it is never torn by concurrent writers); zero
+    /// for passive opens and for connects that started before the program was attached.
+    pub pid_tgid: u64,
+    pub comm: [u8; 16],
+}
+
+impl FlowCounters {
+    pub fn connections(&self) -> u64 {
+        self.outcomes.iter().sum()
+    }
+}
+
+/// Value of the per-socket map, keyed by the socket's kernel address: what the connecting task
+/// looked like at CLOSE -> SYN_SENT, which runs in its context, kept until the handshake ends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConnectStart {
+    pub cgroup_id: u64,
+    pub pid_tgid: u64,
+    pub comm: [u8; 16],
+}
+
+/// Ring-buffer record announcing a flow the kernel has just created in the flow map. It is a
+/// hint that lets the agent log a new flow within a second; the map stays the truth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewFlow {
+    pub key: FlowKey,
+}
+
+/// Indices of the kernel's per-CPU loss counters (`LOSSES` map). Every way a count or a detail
+/// can be lost in the kernel has one.
+pub mod loss {
+    /// A ring-buffer reservation failed: a new-flow hint was lost (counts are not; the agent rescans).
+    pub const RING_FULL: u32 = 0;
+    /// Inserting a new flow failed: the connection's count is lost and counted here instead.
+    pub const FLOW_MAP_FULL: u32 = 1;
+    /// Inserting a per-socket entry failed: the connection is still counted, without its process.
+    pub const SOCKET_MAP_FULL: u32 = 2;
+    /// Reading the socket failed (`bpf_probe_read_kernel`): the connection is not counted.
+    pub const SOCKET_READ_FAILED: u32 = 3;
+    /// A handshake ended whose start was not seen (it began before the program was attached, or
+    /// its socket entry was lost): counted without process; informational, not a lost count.
+    pub const START_NOT_SEEN: u32 = 4;
+    pub const COUNT: u32 = 5;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "ring_full",
+        "flow_map_full",
+        "socket_map_full",
+        "socket_read_failed",
+        "start_not_seen",
+    ];
+}
+
+/// Names of the kernel object's maps and program, shared so the loader cannot drift from them.
+pub mod names {
+    pub const FLOWS: &str = "FLOWS";
+    pub const SOCKETS: &str = "SOCKETS";
+    pub const NEW_FLOWS: &str = "NEW_FLOWS";
+    pub const LOSSES: &str = "LOSSES";
+    pub const PROGRAM: &str = "inet_sock_set_state";
+    pub const TRACEPOINT: &str = "inet_sock_set_state";
+}
+
+/// Byte offsets of the kernel structure fields the program reads, found in the running kernel's
+/// BTF by the agent and written into the program's `OFFSETS` global before load (never
+/// hard-coded: they differ between kernel versions and configurations).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockOffsets {
+    /// Members of `struct sock` (its first member, `__sk_common`, included).
+    pub skc_family: u32,
+    pub skc_num: u32,
+    pub skc_dport: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_net: u32,
+    pub sk_protocol: u32,
+    pub sk_err: u32,
+    /// Offset of `ns.inum` in `struct net`.
+    pub net_ns_inum: u32,
+    /// Explicit padding: keeps the size a multiple of 8 with no hidden bytes.
+    pub _pad: u32,
+}
+
+/// Name of the program's global holding [`SockOffsets`].
+pub const OFFSETS_GLOBAL: &str = "OFFSETS";
+
+/// TCP states as numbered by the kernel (`include/net/tcp_states.h`), a stable ABI.
+pub mod tcp_state {
+    pub const ESTABLISHED: u64 = 1;
+    pub const SYN_SENT: u64 = 2;
+    pub const SYN_RECV: u64 = 3;
+    pub const CLOSE: u64 = 7;
+}

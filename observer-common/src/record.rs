@@ -1,0 +1,341 @@
+//! The flow record, schema version 1: one JSON object per line of the flow log.
+//!
+//! One record describes one flow (the kernel's flow key: network namespace, direction, client
+//! cgroup, addresses, server port) over one flush interval; `count` is the number of connections
+//! since the previous record of the same flow, so summing `count` over a log gives exact totals.
+//! `src` is always the client (the end that opened the connection) and `dst` the server.
+//! Fields that a later stage fills (attribution, verdicts) are always present, `null` until known,
+//! so that every consumer can rely on the same shape. README.md documents every field.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::IpAddr,
+    string::String,
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::Outcome;
+
+/// The version written in every record's `schema` field.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Readers ignore fields they do not know, so fields can be added within a schema version;
+/// a change to an existing field's meaning increments [`SCHEMA_VERSION`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    /// Always [`SCHEMA_VERSION`] for this layout.
+    pub schema: u32,
+    /// The node whose agent recorded the flow.
+    pub node: String,
+    /// Always `tcp` for now; DNS over UDP arrives with its own issue.
+    pub protocol: Protocol,
+    /// `egress`: a connection opened on this node (by a pod or a host process).
+    /// `ingress`: a connection accepted on this node.
+    pub direction: Direction,
+    /// Connections since this flow's previous record.
+    pub count: u64,
+    /// `count` broken down by how each connection attempt ended; the values sum to `count`.
+    pub outcomes: Outcomes,
+    /// The connections were already open when the agent started (found by a socket scan, not
+    /// seen being opened); `count` is how many were open.
+    pub pre_existing: bool,
+    /// First and latest connection of this flow counted in this record.
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+    /// Inode number of the network namespace of the socket on this node (`ls -L -i /proc/PID/ns/net`).
+    pub netns: u32,
+    /// The connecting process (latest one seen for this flow); `null` for ingress records and for
+    /// connections whose start was not seen.
+    pub process: Option<Process>,
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    /// `expected` or `unexpected` once judged against the architecture; `null` without a model.
+    pub verdict: Option<Verdict>,
+    /// Why an unexpected flow is unexpected; `null` when expected or not judged.
+    pub reason: Option<Reason>,
+    /// Id of the architecture rule that allowed the flow.
+    pub rule: Option<String>,
+    /// Hash of the architecture model in force when the flow was judged (`sha256:<hex>`).
+    pub model: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Egress,
+    Ingress,
+}
+
+/// Where an address lies as seen from the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// A pod or Service address inside the cluster's pod or service ranges.
+    Cluster,
+    /// A node's own address or network namespace (kubelet, host-network pods).
+    Node,
+    /// Anything outside the cluster.
+    External,
+    /// Loopback inside one network namespace: the connection never left the pod.
+    Local,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Expected,
+    Unexpected,
+}
+
+/// The single reason an unexpected flow is unexpected, in order of precedence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    UnknownSource,
+    UnknownDestination,
+    WrongPort,
+    UndocumentedFlow,
+}
+
+impl Reason {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::UnknownSource => "unknown-source",
+            Reason::UnknownDestination => "unknown-destination",
+            Reason::WrongPort => "wrong-port",
+            Reason::UndocumentedFlow => "undocumented-flow",
+        }
+    }
+}
+
+impl Scope {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Scope::Cluster => "cluster",
+            Scope::Node => "node",
+            Scope::External => "external",
+            Scope::Local => "local",
+        }
+    }
+}
+
+/// Connection attempts by outcome (see [`Outcome`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outcomes {
+    pub established: u64,
+    pub refused: u64,
+    #[serde(rename = "timed-out")]
+    pub timed_out: u64,
+    pub unreachable: u64,
+    pub aborted: u64,
+}
+
+impl Outcomes {
+    pub fn from_counts(c: &[u64; Outcome::COUNT]) -> Self {
+        Outcomes {
+            established: c[Outcome::Established as usize],
+            refused: c[Outcome::Refused as usize],
+            timed_out: c[Outcome::TimedOut as usize],
+            unreachable: c[Outcome::Unreachable as usize],
+            aborted: c[Outcome::Aborted as usize],
+        }
+    }
+    pub fn get(&self, o: Outcome) -> u64 {
+        match o {
+            Outcome::Established => self.established,
+            Outcome::Refused => self.refused,
+            Outcome::TimedOut => self.timed_out,
+            Outcome::Unreachable => self.unreachable,
+            Outcome::Aborted => self.aborted,
+        }
+    }
+    pub fn total(&self) -> u64 {
+        Outcome::ALL.iter().map(|&o| self.get(o)).sum()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Process {
+    /// Thread id and process id (tgid) as seen from the node's pid namespace.
+    pub pid: u32,
+    pub tgid: u32,
+    /// The task's command name (`comm`, at most 15 characters).
+    pub comm: String,
+    /// cgroup2 id of the task; identifies the pod (or host service) on the node.
+    pub cgroup_id: u64,
+}
+
+/// The owning workload of a pod: Deployment (through its ReplicaSet), StatefulSet, DaemonSet,
+/// Job, CronJob, or the bare Pod itself.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    pub kind: String,
+    pub name: String,
+}
+
+/// One end of a flow. `src` never has `port` (the client's ephemeral port is not recorded) nor
+/// `service`; `dst.service` is set when the connection named a Service address or reached a pod
+/// behind one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub ip: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub workload: Option<Workload>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The architecture component, external or reserved party (`node`, `kube-apiserver`) this
+    /// end belongs to.
+    pub component: Option<String>,
+    /// A host name for the address (from the pod's DNS answers or the agent's own resolution).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub scope: Option<Scope>,
+}
+
+/// A wall-clock instant, written as RFC 3339 in UTC with millisecond precision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub SystemTime);
+
+impl Timestamp {
+    pub fn unix_millis(&self) -> u64 {
+        self.0
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_millis() as u64
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_rfc3339_millis(self.0))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&s)
+            .map(Timestamp)
+            .map_err(|e| serde::de::Error::custom(std::format!("bad timestamp {s:?}: {e}")))
+    }
+}
+
+/// Totals of a set of records per flow identity, used by tests and reports to check sums.
+pub fn sum_counts<'a>(records: impl IntoIterator<Item = &'a FlowRecord>) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for r in records {
+        let k = std::format!(
+            "{:?} {} {:?}->{:?}:{}",
+            r.direction,
+            r.netns,
+            r.src.ip,
+            r.dst.ip,
+            r.dst.port.unwrap_or(0)
+        );
+        *m.entry(k).or_insert(0) += r.count;
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::string::ToString;
+
+    fn sample() -> FlowRecord {
+        FlowRecord {
+            schema: SCHEMA_VERSION,
+            node: "node-a".into(),
+            protocol: Protocol::Tcp,
+            direction: Direction::Egress,
+            count: 3,
+            outcomes: Outcomes {
+                established: 2,
+                refused: 1,
+                ..Default::default()
+            },
+            pre_existing: false,
+            first_seen: Timestamp(
+                SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_000_000_123),
+            ),
+            last_seen: Timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_000_001_456)),
+            netns: 4026531840,
+            process: Some(Process {
+                pid: 7,
+                tgid: 7,
+                comm: "curl".into(),
+                cgroup_id: 42,
+            }),
+            src: Endpoint {
+                ip: Some("10.0.0.1".parse().unwrap()),
+                scope: Some(Scope::Cluster),
+                ..Default::default()
+            },
+            dst: Endpoint {
+                ip: Some("10.0.0.2".parse().unwrap()),
+                port: Some(5672),
+                scope: Some(Scope::Cluster),
+                ..Default::default()
+            },
+            verdict: None,
+            reason: None,
+            rule: None,
+            model: None,
+        }
+    }
+
+    #[test]
+    fn record_round_trips_with_the_documented_shape() {
+        let r = sample();
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["schema"], 1);
+        assert_eq!(json["first_seen"], "2025-11-24T16:00:00.123Z");
+        assert_eq!(json["outcomes"]["timed-out"], 0);
+        assert_eq!(json["dst"]["port"], 5672);
+        assert!(
+            json["src"].get("port").is_none(),
+            "the client's port is never recorded"
+        );
+        assert_eq!(json["verdict"], serde_json::Value::Null);
+        let back: FlowRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(r.outcomes.total(), r.count);
+    }
+
+    #[test]
+    fn fields_added_later_are_ignored_but_missing_ones_are_not() {
+        let mut json = serde_json::to_value(sample()).unwrap();
+        json["added_in_a_later_release"] = 1.into();
+        assert_eq!(
+            serde_json::from_value::<FlowRecord>(json.clone()).unwrap(),
+            sample()
+        );
+        json.as_object_mut().unwrap().remove("count");
+        let err = serde_json::from_value::<FlowRecord>(json)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("count"), "{err}");
+    }
+}

@@ -1,0 +1,1 @@
+//! The observer agent: capture, attribution, verdicts and export of TCP flows.
