@@ -1,1 +1,9 @@
 //! The observer agent: capture, attribution, verdicts and export of TCP flows.
+
+pub mod capture;
+pub mod cli;
+pub mod flowlog;
+pub mod http;
+pub mod metrics;
+pub mod run;
+pub mod scope;

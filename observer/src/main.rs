@@ -1,1 +1,82 @@
-fn main() {}
+use std::{fs, process::ExitCode};
+
+use clap::Parser;
+use observer::{
+    capture::MapSizes,
+    cli::{Cli, Command, RunArgs},
+    run::{RunError, RunOptions, run},
+    scope::Scoper,
+};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    // Logs go to stderr (stdout may carry the flow log); `log` records, such as the kernel
+    // program's aya-log diagnostics, are forwarded into tracing.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run_command(args),
+    }
+}
+
+/// Inode of the network namespace of pid 1 under `proc`: the node's own namespace.
+fn host_netns(proc: &std::path::Path) -> Option<u32> {
+    let link = fs::read_link(proc.join("1/ns/net")).ok()?;
+    link.to_str()?
+        .strip_prefix("net:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+fn run_command(args: RunArgs) -> ExitCode {
+    let scoper = Scoper {
+        pod_cidrs: args.pod_cidrs,
+        service_cidrs: args.service_cidrs,
+        node_ips: args.node_ips.into_iter().collect(),
+        host_netns: host_netns(&args.host_proc),
+    };
+    let opts = RunOptions {
+        flow_log: args.flow_log,
+        flush_interval: args.flush_interval,
+        poll_interval: args.poll_interval,
+        idle_timeout: args.idle_timeout,
+        duration: args.duration,
+        metrics_addr: args.metrics_addr,
+        node: args.node,
+        scoper,
+        host_proc: args.host_proc,
+        map_sizes: MapSizes {
+            flows: args.flow_map_size,
+            sockets: args.socket_map_size,
+            ring_bytes: args.ring_bytes,
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("observer: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("observer: {e}");
+            // Missing kernel features and privileges are configuration problems: exit 2.
+            ExitCode::from(match e {
+                RunError::Capture(_) | RunError::Listen { .. } | RunError::FlowLog { .. } => 2,
+                RunError::Signal(_) => 1,
+            })
+        }
+    }
+}

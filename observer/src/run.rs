@@ -1,0 +1,361 @@
+//! `observer run`: capture, record and serve until the duration ends or a signal arrives.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, SystemTime},
+};
+
+use observer_common::{
+    FlowCounters, FlowKey, Outcome, comm_str, loss,
+    record::{self, Direction, Endpoint, FlowRecord, Outcomes, Process, Protocol, Timestamp},
+};
+use tokio::{net::TcpListener, signal::unix::SignalKind, time::Instant};
+
+use crate::{
+    capture::{Capture, CaptureError, MapSizes, preexisting, tracker::Tracker},
+    flowlog::FlowLog,
+    http::{self, Health},
+    metrics::{ConnectionLabels, LossLabels},
+    scope::Scoper,
+};
+
+pub struct RunOptions {
+    pub flow_log: PathBuf,
+    pub flush_interval: Duration,
+    pub poll_interval: Duration,
+    pub idle_timeout: Duration,
+    pub duration: Option<Duration>,
+    pub metrics_addr: SocketAddr,
+    pub node: String,
+    pub scoper: Scoper,
+    pub host_proc: PathBuf,
+    pub map_sizes: MapSizes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error("cannot open the flow log {path}: {source}")]
+    FlowLog {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr} for /metrics: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install a signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Converts the kernel's CLOCK_MONOTONIC nanoseconds to wall-clock time.
+struct Clock {
+    wall_at_zero: SystemTime,
+}
+
+impl Clock {
+    fn now() -> Clock {
+        let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
+            .unwrap_or_default();
+        Clock {
+            wall_at_zero: SystemTime::now() - mono,
+        }
+    }
+    fn wall(&self, mono_ns: u64) -> Timestamp {
+        Timestamp(self.wall_at_zero + Duration::from_nanos(mono_ns))
+    }
+    fn mono_now_ns(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(self.wall_at_zero)
+            .unwrap_or_default()
+            .as_nanos() as u64
+    }
+}
+
+/// Everything the agent loop owns.
+struct Agent {
+    capture: Capture,
+    tracker: Tracker,
+    log: FlowLog,
+    health: Arc<Health>,
+    opts: RunOptions,
+    clock: Clock,
+    losses_seen: [u64; loss::COUNT as usize],
+    hints: Vec<FlowKey>,
+}
+
+pub async fn run(opts: RunOptions) -> Result<(), RunError> {
+    let capture = Capture::start(opts.map_sizes)?;
+    let log = FlowLog::open(&opts.flow_log).map_err(|source| RunError::FlowLog {
+        path: opts.flow_log.clone(),
+        source,
+    })?;
+    let health = Arc::new(Health::new());
+    let listener = TcpListener::bind(opts.metrics_addr)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: opts.metrics_addr,
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| RunError::Listen {
+        addr: opts.metrics_addr,
+        source,
+    })?;
+    tracing::info!("serving /metrics, /healthz and /readyz on http://{bound}");
+    let server = tokio::spawn(http::serve(listener, health.clone()));
+
+    let mut sigterm =
+        tokio::signal::unix::signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+    let mut sigint =
+        tokio::signal::unix::signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
+    let deadline = opts.duration.map(|d| Instant::now() + d);
+
+    let mut agent = Agent {
+        capture,
+        tracker: Tracker::default(),
+        log,
+        health: health.clone(),
+        clock: Clock::now(),
+        losses_seen: [0; loss::COUNT as usize],
+        hints: Vec::with_capacity(1024),
+        opts,
+    };
+    agent.record_preexisting();
+    let mut ticker = tokio::time::interval(agent.opts.poll_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_flush = Instant::now() + agent.opts.flush_interval;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = sleep_until(deadline) => break,
+        }
+        let full_scan = Instant::now() >= next_flush;
+        agent.tick(full_scan);
+        if full_scan {
+            next_flush = Instant::now() + agent.opts.flush_interval;
+        }
+        health.capturing.store(true, Ordering::Relaxed);
+        health.metrics.ready.set(1);
+    }
+    // A last pass so every counted connection reaches the log before the program detaches.
+    agent.tick(true);
+    tracing::info!(records = agent.log.records, "flushed; detaching");
+    server.abort();
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Agent {
+    /// One pass: new-flow hints first (so new flows reach the log within a poll interval), then,
+    /// every flush interval or after a ring loss, the whole map.
+    fn tick(&mut self, mut full_scan: bool) {
+        self.hints.clear();
+        let n = self.capture.drain_hints(&mut self.hints);
+        self.health.metrics.new_flow_hints.inc_by(n as u64);
+        let hints = std::mem::take(&mut self.hints);
+        for key in &hints {
+            if let Some(counters) = self.capture.read(key) {
+                self.observe(*key, counters);
+            }
+        }
+        self.hints = hints;
+
+        let losses = self.capture.losses();
+        for (i, &total) in losses.iter().enumerate() {
+            let new = total.saturating_sub(self.losses_seen[i]);
+            if new > 0 {
+                self.health
+                    .metrics
+                    .kernel_losses
+                    .get_or_create(&LossLabels {
+                        kind: loss::NAMES[i].to_owned(),
+                    })
+                    .inc_by(new);
+                if i == loss::RING_FULL as usize {
+                    // Hints were lost: only a scan of the map finds the flows they announced.
+                    full_scan = true;
+                }
+            }
+        }
+        self.losses_seen = losses;
+
+        if full_scan {
+            let mut readings = Vec::new();
+            let entries = self.capture.scan(|k, v| readings.push((k, v)));
+            self.health.metrics.map_scans.inc();
+            for (k, v) in readings {
+                self.observe(k, v);
+            }
+            let idle_before = self
+                .clock
+                .mono_now_ns()
+                .saturating_sub(self.opts.idle_timeout.as_nanos() as u64);
+            let idle = self.tracker.idle(idle_before);
+            for key in &idle {
+                // Reported in full above; the kernel re-creates the entry if the flow returns.
+                self.capture.delete(key);
+                self.tracker.forget(key);
+            }
+            self.health
+                .metrics
+                .idle_flows_deleted
+                .inc_by(idle.len() as u64);
+            self.health
+                .metrics
+                .tracked_flows
+                .set((entries - idle.len()) as i64);
+        }
+        if let Err(e) = self.log.flush() {
+            tracing::warn!("flow log flush failed: {e}");
+        }
+    }
+
+    fn observe(&mut self, key: FlowKey, counters: FlowCounters) {
+        if let Some(delta) = self.tracker.observe(key, counters) {
+            let record = self.record(&key, &delta.outcomes, &counters, false);
+            self.emit(record);
+        }
+    }
+
+    fn emit(&mut self, record: FlowRecord) {
+        let direction = match record.direction {
+            Direction::Egress => "egress",
+            Direction::Ingress => "ingress",
+        };
+        let dst_scope = record.dst.scope.map(|s| s.name()).unwrap_or("unknown");
+        for o in Outcome::ALL {
+            let n = record.outcomes.get(o);
+            if n > 0 {
+                self.health
+                    .metrics
+                    .connections
+                    .get_or_create(&ConnectionLabels {
+                        direction,
+                        outcome: o.name(),
+                        dst_scope,
+                    })
+                    .inc_by(n);
+            }
+        }
+        match self.log.write(&record) {
+            Ok(()) => {
+                self.health.metrics.flow_records.inc();
+            }
+            Err(e) => {
+                self.health.metrics.flow_log_write_errors.inc();
+                tracing::warn!("flow log write failed: {e}");
+            }
+        };
+    }
+
+    fn record(
+        &self,
+        key: &FlowKey,
+        outcomes: &[u64; Outcome::COUNT],
+        c: &FlowCounters,
+        pre_existing: bool,
+    ) -> FlowRecord {
+        let local = key.local_ip();
+        let remote = key.remote_ip();
+        let s = &self.opts.scoper;
+        let (direction, src, dst) = if key.is_connect() {
+            let src = Endpoint {
+                ip: Some(local),
+                scope: Some(s.of_local_end(key.netns, local)),
+                ..Default::default()
+            };
+            let dst = Endpoint {
+                ip: Some(remote),
+                port: Some(key.server_port),
+                scope: Some(s.of_addr(remote)),
+                ..Default::default()
+            };
+            (Direction::Egress, src, dst)
+        } else {
+            let src = Endpoint {
+                ip: Some(remote),
+                scope: Some(s.of_addr(remote)),
+                ..Default::default()
+            };
+            let dst = Endpoint {
+                ip: Some(local),
+                port: Some(key.server_port),
+                scope: Some(s.of_local_end(key.netns, local)),
+                ..Default::default()
+            };
+            (Direction::Ingress, src, dst)
+        };
+        let process = (key.is_connect() && c.pid_tgid != 0).then(|| Process {
+            pid: c.pid_tgid as u32,
+            tgid: (c.pid_tgid >> 32) as u32,
+            comm: comm_str(&c.comm),
+            cgroup_id: key.cgroup_id,
+        });
+        let outcomes = Outcomes::from_counts(outcomes);
+        FlowRecord {
+            schema: record::SCHEMA_VERSION,
+            node: self.opts.node.clone(),
+            protocol: Protocol::Tcp,
+            direction,
+            count: outcomes.total(),
+            outcomes,
+            pre_existing,
+            first_seen: self.clock.wall(c.first_seen_ns),
+            last_seen: self.clock.wall(c.last_seen_ns),
+            netns: key.netns,
+            process,
+            src,
+            dst,
+            verdict: None,
+            reason: None,
+            rule: None,
+            model: None,
+        }
+    }
+
+    /// Records, once, the connections that were open before the program was attached.
+    fn record_preexisting(&mut self) {
+        let now_ns = self.clock.mono_now_ns();
+        let found: HashMap<_, _> = preexisting::scan(&self.opts.host_proc)
+            .into_iter()
+            .collect();
+        let mut n = 0;
+        for (_, (existing, count)) in found {
+            let mut outcomes = [0; Outcome::COUNT];
+            outcomes[Outcome::Established as usize] = count;
+            let counters = FlowCounters {
+                first_seen_ns: now_ns,
+                last_seen_ns: now_ns,
+                ..Default::default()
+            };
+            let mut record = self.record(&existing.key, &outcomes, &counters, true);
+            if let Some((tgid, comm)) = existing.process
+                && existing.key.is_connect()
+            {
+                record.process = Some(Process {
+                    pid: tgid,
+                    tgid,
+                    comm,
+                    cgroup_id: 0,
+                });
+            }
+            self.emit(record);
+            n += count;
+        }
+        tracing::info!(connections = n, "recorded connections open before start");
+    }
+}

@@ -1,0 +1,96 @@
+//! Where an address lies: `cluster`, `node`, `external` or `local`, decided from configuration
+//! alone (pod and service ranges, node addresses), so it never waits for the Kubernetes index.
+
+use std::{collections::HashSet, net::IpAddr};
+
+use ipnet::IpNet;
+use observer_common::record::Scope;
+
+#[derive(Clone, Debug, Default)]
+pub struct Scoper {
+    pub pod_cidrs: Vec<IpNet>,
+    pub service_cidrs: Vec<IpNet>,
+    pub node_ips: HashSet<IpAddr>,
+    /// Inode of the node's own network namespace: sockets there belong to host processes.
+    pub host_netns: Option<u32>,
+}
+
+impl Scoper {
+    /// Scope of an address as seen from a socket in `netns`.
+    pub fn of_addr(&self, ip: IpAddr) -> Scope {
+        let ip = ip.to_canonical();
+        if ip.is_loopback() {
+            Scope::Local
+        } else if self.node_ips.contains(&ip) {
+            Scope::Node
+        } else if self
+            .pod_cidrs
+            .iter()
+            .chain(&self.service_cidrs)
+            .any(|n| n.contains(&ip))
+        {
+            Scope::Cluster
+        } else {
+            Scope::External
+        }
+    }
+
+    /// Scope of the end that lives on this node, in network namespace `netns` at address `ip`.
+    pub fn of_local_end(&self, netns: u32, ip: IpAddr) -> Scope {
+        if ip.to_canonical().is_loopback() {
+            Scope::Local
+        } else if Some(netns) == self.host_netns {
+            Scope::Node
+        } else {
+            Scope::Cluster
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scoper() -> Scoper {
+        Scoper {
+            pod_cidrs: vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "fd00:10:244::/56".parse().unwrap(),
+            ],
+            service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+            node_ips: ["192.168.1.10".parse().unwrap()].into(),
+            host_netns: Some(4026531840),
+        }
+    }
+
+    #[test]
+    fn classifies_by_configuration_alone() {
+        let s = scoper();
+        let scope = |a: &str| s.of_addr(a.parse().unwrap());
+        assert_eq!(scope("10.244.3.7"), Scope::Cluster);
+        assert_eq!(scope("fd00:10:244::5"), Scope::Cluster);
+        assert_eq!(scope("10.96.0.10"), Scope::Cluster);
+        assert_eq!(scope("192.168.1.10"), Scope::Node);
+        assert_eq!(scope("127.0.0.1"), Scope::Local);
+        assert_eq!(scope("::ffff:127.0.0.1"), Scope::Local);
+        assert_eq!(scope("20.190.160.1"), Scope::External);
+        assert_eq!(scope("::ffff:10.244.0.1"), Scope::Cluster);
+    }
+
+    #[test]
+    fn the_host_namespace_is_the_node() {
+        let s = scoper();
+        assert_eq!(
+            s.of_local_end(4026531840, "192.168.1.10".parse().unwrap()),
+            Scope::Node
+        );
+        assert_eq!(
+            s.of_local_end(4026532000, "10.244.3.7".parse().unwrap()),
+            Scope::Cluster
+        );
+        assert_eq!(
+            s.of_local_end(4026532000, "127.0.0.1".parse().unwrap()),
+            Scope::Local
+        );
+    }
+}
