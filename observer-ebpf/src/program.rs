@@ -21,11 +21,8 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
 const EEXIST: i32 = -17;
-/// `bpf_ringbuf_submit` flags and `bpf_ringbuf_query` selectors (uapi `linux/bpf.h`).
+/// `bpf_ringbuf_submit` flag (uapi `linux/bpf.h`).
 const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
-const BPF_RB_RING_SIZE: u64 = 1;
 
 #[unsafe(no_mangle)]
 static OFFSETS: Global<SockOffsets> = Global::new(SockOffsets {
@@ -262,20 +259,15 @@ fn add_to_existing(key: &FlowKey, outcome: Outcome, now: u64) -> bool {
     true
 }
 
-/// Tells the agent about a new flow without waking it, unless the ring is half full: the agent
-/// drains the ring on its own timer, so wake-ups never follow the event rate.
+/// Tells the agent about a new flow without waking it: the agent drains the ring on its own
+/// timer, so its wake-ups never follow the event rate. A full ring loses only the hint (counted);
+/// the agent then rescans the map, which still holds the count.
 #[inline(always)]
 fn announce(ctx: &RawTracePointContext, key: &FlowKey) {
     match NEW_FLOWS.reserve::<NewFlow>(0) {
         Some(mut entry) => {
             entry.write(NewFlow { key: *key });
-            let flags =
-                if NEW_FLOWS.query(BPF_RB_AVAIL_DATA) * 2 > NEW_FLOWS.query(BPF_RB_RING_SIZE) {
-                    BPF_RB_FORCE_WAKEUP
-                } else {
-                    BPF_RB_NO_WAKEUP
-                };
-            entry.submit(flags);
+            entry.submit(BPF_RB_NO_WAKEUP);
         }
         None => count_loss(ctx, loss::RING_FULL),
     }

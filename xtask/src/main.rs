@@ -1,1 +1,89 @@
-fn main() {}
+//! Project tasks. `cargo xtask test` is the test command CI runs; `cargo xtask demo` the demo.
+//! Each task first runs `scripts/bootstrap.sh`, which installs what a fresh machine lacks and
+//! says what it installs.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "observer project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks (Debian packages, rust-src, bpf-linker).
+    Bootstrap,
+    /// Build everything and run every test: unit tests, then the privileged end-to-end tests.
+    Test {
+        /// Extra arguments for the end-to-end test binary (e.g. a test name filter).
+        filter: Vec<String>,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("[xtask] {cmd:?}");
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn bootstrap() -> Result<()> {
+    run(&mut Command::new(root().join("scripts/bootstrap.sh")))
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn test(filter: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the end-to-end tests load BPF programs and create network namespaces: run `cargo xtask test` as root"
+        );
+    }
+    bootstrap()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Builds the kernel object from source (observer/build.rs) and the test peers.
+    run(Command::new(&cargo).args(["build", "--workspace", "--all-targets"]))?;
+    run(Command::new(&cargo).args(["test", "--workspace", "--exclude", "observer-tests"]))?;
+    let bin = root().join("target/debug/observer");
+    // The end-to-end tests share the kernel (they count connections machine-wide per namespace
+    // and fill maps on purpose), so they run one at a time.
+    let mut e2e = Command::new(&cargo);
+    e2e.args(["test", "-p", "observer-tests", "--", "--test-threads=1"])
+        .args(filter)
+        .env("OBSERVER_BIN", bin);
+    run(&mut e2e)
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Bootstrap => bootstrap(),
+        Task::Test { filter } => test(&filter),
+    }
+}

@@ -1,0 +1,107 @@
+//! A TCP peer for the end-to-end tests, run inside a test network namespace with
+//! `ip netns exec NS netpeer ...` so that its connections carry that namespace.
+//!
+//!   netpeer serve ADDR:PORT            accept and close connections until killed
+//!   netpeer connect ADDR:PORT N [rst]  make N connections one after another; print outcomes
+//!   netpeer abort ADDR:PORT MS         start a connect, close the socket after MS milliseconds
+//!   netpeer hold ADDR:PORT             connect and keep the connection open until killed
+//!   netpeer storm ADDR PORT_FROM PORT_TO   one connect to each port in the range
+//!
+//! It prints one JSON line of results on stdout, so tests can cross-check what the agent saw.
+
+use std::{
+    collections::BTreeMap,
+    io::{ErrorKind, Read},
+    net::{SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+fn outcome_of(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(111) => "refused".into(),
+        Some(110) => "timed-out".into(),
+        Some(113) | Some(101) => "unreachable".into(),
+        _ => format!("error:{e}"),
+    }
+}
+
+fn connect_once(addr: SocketAddr, rst: bool) -> String {
+    match TcpStream::connect(addr) {
+        Ok(s) => {
+            if rst {
+                // SO_LINGER 0: close sends a reset instead of a FIN.
+                let sock = Socket::from(s);
+                let _ = sock.set_linger(Some(Duration::ZERO));
+            }
+            "established".into()
+        }
+        Err(e) => outcome_of(&e),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    let addr = || -> SocketAddr { arg(1).parse().expect("ADDR:PORT") };
+    match arg(0).as_str() {
+        "serve" => {
+            let l = TcpListener::bind(addr()).expect("bind");
+            println!("{{\"listening\":\"{}\"}}", l.local_addr().expect("addr"));
+            for s in l.incoming().flatten() {
+                // Read until the client closes, then close: a FIN close on both sides.
+                let mut s = s;
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut buf = [0u8; 64];
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+            }
+        }
+        "connect" => {
+            let n: u64 = arg(2).parse().expect("N");
+            let rst = arg(3) == "rst";
+            let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+            for _ in 0..n {
+                *outcomes.entry(connect_once(addr(), rst)).or_default() += 1;
+            }
+            println!("{}", serde_json::to_string(&outcomes).expect("json"));
+        }
+        "abort" => {
+            let a = addr();
+            let ms: u64 = arg(2).parse().expect("MS");
+            let s = Socket::new(Domain::for_address(a), Type::STREAM, Some(Protocol::TCP))
+                .expect("socket");
+            s.set_nonblocking(true).expect("nonblocking");
+            match s.connect(&SockAddr::from(a)) {
+                Err(e) if e.raw_os_error() == Some(115) || e.kind() == ErrorKind::WouldBlock => {}
+                other => panic!("expected a connect in progress, got {other:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(ms));
+            drop(s);
+            println!("{{\"aborted\":1}}");
+        }
+        "hold" => {
+            let _s = TcpStream::connect(addr()).expect("connect");
+            println!("{{\"holding\":1}}");
+            std::thread::sleep(Duration::from_secs(600));
+        }
+        "storm" => {
+            let ip: std::net::IpAddr = arg(1).parse().expect("ADDR");
+            let from: u16 = arg(2).parse().expect("PORT_FROM");
+            let to: u16 = arg(3).parse().expect("PORT_TO");
+            let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+            for port in from..=to {
+                *outcomes
+                    .entry(connect_once(SocketAddr::new(ip, port), false))
+                    .or_default() += 1;
+            }
+            println!("{}", serde_json::to_string(&outcomes).expect("json"));
+        }
+        other => {
+            eprintln!(
+                "netpeer: unknown command {other:?}; see the doc comment in tests/src/bin/netpeer.rs"
+            );
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! End-to-end capture tests: real network namespaces on an isolated bridge, real TCP peers, the
+//! real kernel program loaded and attached by the real agent. Run as root by `cargo xtask test`.
+
+use std::{collections::BTreeMap, net::IpAddr, process::Command, time::Duration};
+
+use observer_common::record::{Direction, FlowRecord, Outcomes, Scope};
+use observer_tests::{Agent, Background, Lab, netpeer, of_netns, peer, serve, sh};
+use serde_json::json;
+
+const CLUSTER: [&str; 4] = ["--pod-cidr", "10.0.0.0/8", "--pod-cidr", "fd0b::/16"];
+
+fn sum(records: &[&FlowRecord]) -> u64 {
+    records.iter().map(|r| r.count).sum()
+}
+
+/// Flows (direction, src ip, dst ip, dst port) with their summed counts.
+fn flows(records: &[&FlowRecord]) -> BTreeMap<(Direction, IpAddr, IpAddr, u16), u64> {
+    let mut m = BTreeMap::new();
+    for r in records {
+        let k = (
+            r.direction,
+            r.src.ip.expect("src ip"),
+            r.dst.ip.expect("dst ip"),
+            r.dst.port.expect("dst port"),
+        );
+        *m.entry(k).or_insert(0) += r.count;
+    }
+    m
+}
+
+#[test]
+fn connections_between_namespaces_ipv4_ipv6_and_v4_mapped() {
+    let lab = Lab::new(2);
+    let (client, server) = (&lab.hosts[0], &lab.hosts[1]);
+    let agent = Agent::start(&CLUSTER);
+    let _srv = serve(server, "[::]:8080");
+    let (out, pid4) = peer(client, &["connect", &format!("{}:8080", server.ip4), "3"]);
+    assert_eq!(out, json!({"established": 3}));
+    let (out, pid6) = peer(client, &["connect", &format!("[{}]:8080", server.ip6), "2"]);
+    assert_eq!(out, json!({"established": 2}));
+    // An AF_INET6 socket to a v4-mapped address is the same IPv4 flow.
+    let (out, _) = peer(
+        client,
+        &["connect", &format!("[::ffff:{}]:8080", server.ip4), "4"],
+    );
+    assert_eq!(out, json!({"established": 4}));
+
+    let (c, s) = (client.netns_inode(), server.netns_inode());
+    agent.wait_for(Duration::from_secs(10), "all 18 connection ends", |r| {
+        sum(&of_netns(r, c)) == 9 && sum(&of_netns(r, s)) == 9
+    });
+    let records = agent.stop();
+    let (cr, sr) = (of_netns(&records, c), of_netns(&records, s));
+    let (c4, s4) = (IpAddr::V4(client.ip4), IpAddr::V4(server.ip4));
+    let (c6, s6) = (IpAddr::V6(client.ip6), IpAddr::V6(server.ip6));
+    assert_eq!(
+        flows(&cr),
+        BTreeMap::from([
+            ((Direction::Egress, c4, s4, 8080), 7),
+            ((Direction::Egress, c6, s6, 8080), 2)
+        ])
+    );
+    assert_eq!(
+        flows(&sr),
+        BTreeMap::from([
+            ((Direction::Ingress, c4, s4, 8080), 7),
+            ((Direction::Ingress, c6, s6, 8080), 2)
+        ])
+    );
+    for r in &cr {
+        assert_eq!(r.outcomes.established, r.count);
+        let p = r
+            .process
+            .as_ref()
+            .expect("egress records carry the connecting process");
+        assert_eq!(p.comm, "netpeer");
+        let expected_pid = if r.dst.ip == Some(s4) { pid4 } else { pid6 };
+        assert_eq!(
+            (p.pid, p.tgid),
+            (expected_pid, expected_pid),
+            "the first connecting task of the flow"
+        );
+        assert_eq!(
+            (r.src.scope, r.dst.scope),
+            (Some(Scope::Cluster), Some(Scope::Cluster))
+        );
+        assert_eq!(
+            (r.schema, r.node.as_str(), r.pre_existing),
+            (1, "test-node", false)
+        );
+    }
+    for r in &sr {
+        assert!(r.process.is_none(), "accepts run in softirq: no process");
+        assert_eq!(r.outcomes.established, r.count);
+    }
+}
+
+#[test]
+fn each_outcome_of_an_active_open() {
+    let lab = Lab::new(2);
+    let (client, server) = (&lab.hosts[0], &lab.hosts[1]);
+    client.sh("sysctl", &["-qw", "net.ipv4.tcp_syn_retries=1"]);
+    server.sh(
+        "iptables",
+        &["-A", "INPUT", "-p", "tcp", "--dport", "7001", "-j", "DROP"],
+    );
+    server.sh(
+        "iptables",
+        &[
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            "7002",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "icmp-host-unreachable",
+        ],
+    );
+    let agent = Agent::start(&CLUSTER);
+    let _srv = serve(server, "0.0.0.0:7003");
+    let ip = server.ip4.to_string();
+    assert_eq!(
+        peer(client, &["connect", &format!("{ip}:7000"), "1"]).0,
+        json!({"refused": 1})
+    );
+    assert_eq!(
+        peer(client, &["connect", &format!("{ip}:7001"), "1"]).0,
+        json!({"timed-out": 1})
+    );
+    assert_eq!(
+        peer(client, &["connect", &format!("{ip}:7002"), "1"]).0,
+        json!({"unreachable": 1})
+    );
+    assert_eq!(
+        peer(client, &["abort", &format!("{ip}:7001"), "300"]).0,
+        json!({"aborted": 1})
+    );
+    assert_eq!(
+        peer(client, &["connect", &format!("{ip}:7003"), "1"]).0,
+        json!({"established": 1})
+    );
+
+    let c = client.netns_inode();
+    let records = agent.wait_for(Duration::from_secs(10), "five outcomes", |r| {
+        sum(&of_netns(r, c)) == 5
+    });
+    let mine = of_netns(&records, c);
+    let by_port = |port: u16| {
+        let mut o = Outcomes::default();
+        for r in mine.iter().filter(|r| r.dst.port == Some(port)) {
+            o.established += r.outcomes.established;
+            o.refused += r.outcomes.refused;
+            o.timed_out += r.outcomes.timed_out;
+            o.unreachable += r.outcomes.unreachable;
+            o.aborted += r.outcomes.aborted;
+        }
+        o
+    };
+    assert_eq!(
+        by_port(7000),
+        Outcomes {
+            refused: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(
+        by_port(7001),
+        Outcomes {
+            timed_out: 1,
+            aborted: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(
+        by_port(7002),
+        Outcomes {
+            unreachable: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(
+        by_port(7003),
+        Outcomes {
+            established: 1,
+            ..Default::default()
+        }
+    );
+}
+
+#[test]
+fn loopback_inside_one_namespace_is_local() {
+    let lab = Lab::new(1);
+    let host = &lab.hosts[0];
+    let agent = Agent::start(&CLUSTER);
+    let _srv = serve(host, "127.0.0.1:9000");
+    assert_eq!(
+        peer(host, &["connect", "127.0.0.1:9000", "2"]).0,
+        json!({"established": 2})
+    );
+    let n = host.netns_inode();
+    agent.wait_for(Duration::from_secs(10), "both ends", |r| {
+        sum(&of_netns(r, n)) == 4
+    });
+    let records = agent.stop();
+    let mine = of_netns(&records, n);
+    let lo: IpAddr = "127.0.0.1".parse().unwrap();
+    assert_eq!(
+        flows(&mine),
+        BTreeMap::from([
+            ((Direction::Egress, lo, lo, 9000), 2),
+            ((Direction::Ingress, lo, lo, 9000), 2)
+        ])
+    );
+    for r in mine {
+        assert_eq!(
+            (r.src.scope, r.dst.scope),
+            (Some(Scope::Local), Some(Scope::Local))
+        );
+    }
+}
+
+#[test]
+fn a_connection_open_before_start_is_recorded_once_as_pre_existing() {
+    let lab = Lab::new(2);
+    let (client, server) = (&lab.hosts[0], &lab.hosts[1]);
+    let _srv = serve(server, "0.0.0.0:8081");
+    let mut hold = client.cmd(netpeer());
+    hold.args(["hold", &format!("{}:8081", server.ip4)])
+        .stdout(std::process::Stdio::piped());
+    let mut child = hold.spawn().expect("hold");
+    let mut byte = [0u8; 1];
+    std::io::Read::read(child.stdout.as_mut().expect("stdout"), &mut byte).expect("holding");
+    let holder_pid = child.id();
+    let _hold = Background(child);
+
+    let agent = Agent::start(&CLUSTER);
+    std::thread::sleep(Duration::from_millis(1200)); // more than two flush intervals
+    let records = agent.stop();
+    let (c, s) = (client.netns_inode(), server.netns_inode());
+    let cr = of_netns(&records, c);
+    assert_eq!(cr.len(), 1, "{cr:#?}");
+    assert!(cr[0].pre_existing);
+    assert_eq!(
+        (cr[0].direction, cr[0].count, cr[0].outcomes.established),
+        (Direction::Egress, 1, 1)
+    );
+    assert_eq!(cr[0].dst.port, Some(8081));
+    let p = cr[0]
+        .process
+        .as_ref()
+        .expect("process found through /proc/PID/fd");
+    assert_eq!((p.tgid, p.comm.as_str()), (holder_pid, "netpeer"));
+    let sr = of_netns(&records, s);
+    assert_eq!(sr.len(), 1, "{sr:#?}");
+    assert!(sr[0].pre_existing);
+    assert_eq!(
+        (sr[0].direction, sr[0].count, sr[0].src.ip),
+        (Direction::Ingress, 1, Some(IpAddr::V4(client.ip4)))
+    );
+}
+
+#[test]
+fn ten_thousand_connections_are_counted_exactly() {
+    let lab = Lab::new(2);
+    let (client, server) = (&lab.hosts[0], &lab.hosts[1]);
+    let agent = Agent::start(&CLUSTER);
+    let _srv = serve(server, "0.0.0.0:8082");
+    let out = peer(
+        client,
+        &["connect", &format!("{}:8082", server.ip4), "10000"],
+    )
+    .0;
+    assert_eq!(out, json!({"established": 10000}));
+    let (c, s) = (client.netns_inode(), server.netns_inode());
+    let records = agent.wait_for(
+        Duration::from_secs(20),
+        "10,000 connections at both ends",
+        |r| sum(&of_netns(r, c)) == 10_000 && sum(&of_netns(r, s)) == 10_000,
+    );
+    // The ring carries at most one record per new flow: far fewer than connections.
+    let hints = agent.metric("observer_new_flow_hints_total");
+    let distinct: std::collections::BTreeSet<_> = records
+        .iter()
+        .map(|r| {
+            (
+                r.netns,
+                r.direction,
+                r.src.ip,
+                r.dst.ip,
+                r.dst.port,
+                r.process.as_ref().map(|p| p.cgroup_id),
+            )
+        })
+        .collect();
+    assert!(
+        hints >= 2.0 && hints <= distinct.len() as f64,
+        "{hints} hints for {} flows",
+        distinct.len()
+    );
+    for kind in [
+        "ring_full",
+        "flow_map_full",
+        "socket_map_full",
+        "socket_read_failed",
+    ] {
+        assert_eq!(
+            agent.metric(&format!("observer_kernel_losses_total{{kind=\"{kind}\"}}")),
+            0.0,
+            "{kind}"
+        );
+    }
+    let records = agent.stop();
+    assert_eq!(sum(&of_netns(&records, c)), 10_000);
+    assert_eq!(sum(&of_netns(&records, s)), 10_000);
+}
+
+#[test]
+fn a_tiny_ring_loses_hints_but_no_counts() {
+    let lab = Lab::new(2);
+    let (client, server) = (&lab.hosts[0], &lab.hosts[1]);
+    // One page of ring (73 hints) and a slow drain: a burst of 500 new flows must overflow it.
+    let agent = Agent::start(&[
+        "--ring-bytes",
+        "4096",
+        "--poll-interval",
+        "1s",
+        "--flush-interval",
+        "2s",
+    ]);
+    let out = peer(
+        client,
+        &["storm", &server.ip4.to_string(), "20000", "20499"],
+    )
+    .0;
+    assert_eq!(out, json!({"refused": 500}));
+    let c = client.netns_inode();
+    let records = agent.wait_for(Duration::from_secs(15), "500 refused flows", |r| {
+        sum(&of_netns(r, c)) == 500
+    });
+    assert!(agent.metric("observer_kernel_losses_total{kind=\"ring_full\"}") > 0.0);
+    let per_port: BTreeMap<u16, u64> = of_netns(&records, c)
+        .iter()
+        .map(|r| (r.dst.port.unwrap_or(0), r.outcomes.refused))
+        .collect();
+    assert_eq!(per_port.len(), 500);
+    assert!(
+        per_port.values().all(|&n| n == 1),
+        "every flow counted exactly once"
+    );
+    assert!(per_port.keys().copied().eq(20000..=20499));
+}
+
+#[test]
+fn a_tiny_flow_map_counts_what_it_cannot_hold() {
+    let lab = Lab::new(2);
+    let (client, server) = (&lab.hosts[0], &lab.hosts[1]);
+    let agent = Agent::start(&["--flow-map-size", "64"]);
+    let out = peer(
+        client,
+        &["storm", &server.ip4.to_string(), "21000", "21199"],
+    )
+    .0;
+    assert_eq!(out, json!({"refused": 200}));
+    let c = client.netns_inode();
+    let overflow = || agent.metric("observer_kernel_losses_total{kind=\"flow_map_full\"}") as u64;
+    agent.wait_for(
+        Duration::from_secs(10),
+        "recorded + overflowed = 200",
+        |r| sum(&of_netns(r, c)) + overflow() == 200,
+    );
+    let lost = overflow();
+    let records = agent.stop();
+    let recorded = sum(&of_netns(&records, c));
+    assert!(lost > 0 && recorded > 0, "recorded {recorded}, lost {lost}");
+    assert_eq!(recorded + lost, 200);
+}
+
+#[test]
+fn missing_capabilities_are_named_with_exit_code_2() {
+    observer_tests::require_root();
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-all", "--inh-caps=-all", "--"])
+        .arg(observer_tests::observer_bin())
+        .args(["run", "--duration", "1s", "--metrics-addr", "127.0.0.1:0"])
+        .output()
+        .expect("setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("missing capability CAP_BPF"), "{stderr}");
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("observer:"))
+            .count(),
+        1,
+        "one line: {stderr}"
+    );
+}
+
+#[test]
+fn duration_bounds_a_run_and_the_last_flush_is_kept() {
+    let lab = Lab::new(2);
+    let (client, server) = (&lab.hosts[0], &lab.hosts[1]);
+    let _srv = serve(server, "0.0.0.0:8083");
+    let dir = std::env::temp_dir().join(format!("observer-duration-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let log = dir.join("flows.jsonl");
+    let _ = std::fs::remove_file(&log);
+    let mut agent = Command::new(observer_tests::observer_bin())
+        .args([
+            "run",
+            "--duration",
+            "3s",
+            "--flush-interval",
+            "1h",
+            "--poll-interval",
+            "1h",
+        ])
+        .args(["--metrics-addr", "127.0.0.1:0", "--flow-log"])
+        .arg(&log)
+        .spawn()
+        .expect("agent");
+    std::thread::sleep(Duration::from_millis(1000)); // attached by now
+    let out = peer(client, &["connect", &format!("{}:8083", server.ip4), "5"]).0;
+    assert_eq!(out, json!({"established": 5}));
+    let status = agent.wait().expect("agent");
+    assert!(status.success());
+    let text = std::fs::read_to_string(&log).expect("log");
+    let records: Vec<FlowRecord> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("record"))
+        .collect();
+    // Neither timer fired after start: only the final flush can have written these.
+    assert_eq!(sum(&of_netns(&records, client.netns_inode())), 5);
+    sh("rm", &["-rf", &dir.display().to_string()]);
+}
