@@ -30,6 +30,11 @@ pub struct Metrics {
     pub kernel_losses: Family<LossLabels, Counter>,
     /// Connections recorded, by direction, outcome and destination scope.
     pub connections: Family<ConnectionLabels, Counter>,
+    /// Runs of the kernel program the kernel skipped (re-entered on a CPU): possible lost counts.
+    pub kernel_recursion_misses: Counter,
+    /// The kernel's own statistics of the program (run time only while kernel.bpf_stats_enabled=1).
+    pub kernel_program_runs: Counter,
+    pub kernel_program_run_time_ns: Counter,
     pub flow_records: Counter,
     pub flow_log_write_errors: Counter,
     pub new_flow_hints: Counter,
@@ -45,6 +50,9 @@ impl Metrics {
         let m = Metrics {
             kernel_losses: Family::default(),
             connections: Family::default(),
+            kernel_recursion_misses: Counter::default(),
+            kernel_program_runs: Counter::default(),
+            kernel_program_run_time_ns: Counter::default(),
             flow_records: Counter::default(),
             flow_log_write_errors: Counter::default(),
             new_flow_hints: Counter::default(),

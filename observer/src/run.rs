@@ -15,7 +15,7 @@ use observer_common::{
 use tokio::{net::TcpListener, signal::unix::SignalKind, time::Instant};
 
 use crate::{
-    capture::{Capture, CaptureError, MapSizes, preexisting, tracker::Tracker},
+    capture::{Capture, CaptureError, MapSizes, ProgramStats, preexisting, tracker::Tracker},
     flowlog::FlowLog,
     http::{self, Health},
     metrics::{ConnectionLabels, LossLabels},
@@ -87,6 +87,7 @@ struct Agent {
     opts: RunOptions,
     clock: Clock,
     losses_seen: [u64; loss::COUNT as usize],
+    stats_seen: ProgramStats,
     hints: Vec<FlowKey>,
 }
 
@@ -123,6 +124,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         health: health.clone(),
         clock: Clock::now(),
         losses_seen: [0; loss::COUNT as usize],
+        stats_seen: ProgramStats::default(),
         hints: Vec::with_capacity(1024),
         opts,
     };
@@ -192,6 +194,12 @@ impl Agent {
             }
         }
         self.losses_seen = losses;
+        let stats = self.capture.program_stats();
+        let m = &self.health.metrics;
+        m.kernel_recursion_misses.inc_by(stats.recursion_misses.saturating_sub(self.stats_seen.recursion_misses));
+        m.kernel_program_runs.inc_by(stats.run_count.saturating_sub(self.stats_seen.run_count));
+        m.kernel_program_run_time_ns.inc_by(stats.run_time_ns.saturating_sub(self.stats_seen.run_time_ns));
+        self.stats_seen = stats;
 
         if full_scan {
             let mut readings = Vec::new();

@@ -391,6 +391,10 @@ impl Drop for Agent {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // Kept after a failure, for its flow log and agent log.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
