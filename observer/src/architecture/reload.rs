@@ -85,15 +85,18 @@ impl ReloadStats {
 /// to hold the model loaded from `path` at start. Never returns an error: a lost watch is
 /// logged and the file is still re-read on SIGHUP and every [`SAFETY_POLL`].
 pub async fn watch(path: PathBuf, handle: ModelHandle, stats: Arc<ReloadStats>) {
+    // The SIGHUP handler goes first so that `stats.watching` implies both triggers are armed.
+    let mut hangup = hangup_signal();
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let _watcher = watch_directory(&path, tx, &stats);
-    let mut hangup = hangup_signal();
     let mut reloader = Reloader {
         path,
         handle,
         stats,
         last_rejected: None,
     };
+    // The file may have changed between the caller's load and the watch starting.
+    reloader.check("start");
     let mut poll = tokio::time::interval(SAFETY_POLL);
     poll.tick().await; // the first tick is immediate; the model was just loaded
     loop {
@@ -303,6 +306,31 @@ mod tests {
         tokio::time::sleep(SETTLE * 4).await;
         assert_eq!(stats.successes.load(Ordering::Relaxed), 1);
         assert_eq!(handle.current().name(), "two");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn sighup_rereads_a_file_whose_change_the_directory_watch_cannot_see() {
+        // The file is a link to a directory that is not watched: only SIGHUP notices edits.
+        let watched = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let real = elsewhere.path().join("real.yaml");
+        fs::write(&real, GOOD).unwrap();
+        let path = watched.path().join("trackunit.yaml");
+        symlink(&real, &path).unwrap();
+        let (handle, stats, task) = start(&path).await;
+
+        fs::write(&real, GOOD_TWO).unwrap();
+        tokio::time::sleep(SETTLE * 4).await;
+        assert_eq!(handle.current().name(), "one", "no event reached the watch");
+
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &std::process::id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        eventually("SIGHUP to reload", || handle.current().name() == "two").await;
+        assert_eq!(stats.successes.load(Ordering::Relaxed), 1);
         task.abort();
     }
 
