@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 pub use addresses::{Cidr, HostPattern};
 pub use errors::{ModelError, ModelErrors};
 pub use reload::{ModelHandle, ReloadStats, watch};
+pub use schema::LOCAL_RULE_ID;
 pub use verdict::{FlowFacts, Judgement, Party, is_unexpected_egress};
 
 /// The `apiVersion` this release reads.

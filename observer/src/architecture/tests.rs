@@ -86,6 +86,18 @@ fn a_valid_file_becomes_a_model() {
 }
 
 #[test]
+fn the_model_can_be_shared_across_threads_and_errors_are_std_errors() {
+    fn shareable<T: Clone + Send + Sync + 'static>() {}
+    shareable::<Architecture>();
+    let e: Box<dyn std::error::Error + Send + Sync> =
+        Box::new(Architecture::from_yaml("", "e.yaml").unwrap_err());
+    assert_eq!(
+        e.to_string(),
+        "e.yaml:1:1: the file holds no YAML document; an architecture file starts with \"apiVersion: observer/v1alpha1\" and \"kind: Architecture\""
+    );
+}
+
+#[test]
 fn the_hash_is_sha256_of_the_bytes() {
     assert_eq!(
         Architecture::from_yaml(&doc(""), "t").unwrap().hash(),
