@@ -1,5 +1,6 @@
 //! The observer agent: capture, attribution, verdicts and export of TCP flows.
 
+pub mod architecture;
 pub mod capture;
 pub mod cli;
 pub mod flowlog;
