@@ -19,7 +19,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Capture TCP connections on this node and write the flow log.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Check an architecture file; exit code 0 when valid, 2 with every problem otherwise.
+    Validate {
+        /// The architecture file (YAML, `kind: Architecture`).
+        file: PathBuf,
+    },
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -28,6 +33,10 @@ fn duration(s: &str) -> Result<Duration, String> {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// The documented architecture to judge every flow against (YAML); reloaded on SIGHUP
+    /// and whenever the file changes.
+    #[arg(long)]
+    pub architecture: Option<PathBuf>,
     /// Where to write the flow log (JSON Lines, appended); `-` for stdout.
     #[arg(long, default_value = "-")]
     pub flow_log: PathBuf,

@@ -1,10 +1,12 @@
 //! The observer agent: capture, attribution, verdicts and export of TCP flows.
 
 pub mod architecture;
+pub mod attribution;
 pub mod capture;
 pub mod cli;
 pub mod flowlog;
 pub mod http;
+pub mod judge;
 pub mod metrics;
 pub mod run;
 pub mod scope;

@@ -2,6 +2,7 @@ use std::{fs, process::ExitCode};
 
 use clap::Parser;
 use observer::{
+    architecture::{Architecture, ModelHandle},
     capture::MapSizes,
     cli::{Cli, Command, RunArgs},
     run::{RunError, RunOptions, run},
@@ -21,7 +22,10 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) => run_command(args),
+        Command::Run(args) => run_command(*args),
+        Command::Validate { file } => {
+            ExitCode::from(observer::architecture::validate_command(&file).clamp(0, 255) as u8)
+        }
     }
 }
 
@@ -42,7 +46,30 @@ fn run_command(args: RunArgs) -> ExitCode {
         node_ips: args.node_ips.into_iter().collect(),
         host_netns: host_netns(&args.host_proc),
     };
+    let model = match &args.architecture {
+        Some(path) => match Architecture::load(path) {
+            Ok(m) => {
+                tracing::info!(
+                    name = m.name(),
+                    hash = m.hash(),
+                    "architecture loaded from {}",
+                    path.display()
+                );
+                Some((path.clone(), ModelHandle::new(m)))
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                eprintln!(
+                    "observer: {}: the architecture was not accepted; fix it (observer validate FILE) and restart",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let opts = RunOptions {
+        model,
         flow_log: args.flow_log,
         flush_interval: args.flush_interval,
         poll_interval: args.poll_interval,

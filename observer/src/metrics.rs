@@ -20,6 +20,18 @@ pub struct ConnectionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `success` or `failure`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub name: String,
+    pub hash: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
 }
@@ -42,6 +54,9 @@ pub struct Metrics {
     pub idle_flows_deleted: Counter,
     pub tracked_flows: Gauge,
     pub ready: Gauge,
+    pub architecture_reloads: Family<ReloadLabels, Counter>,
+    pub architecture_info: Family<ModelLabels, Gauge>,
+    reloads_seen: std::sync::Mutex<(u64, u64)>,
 }
 
 impl Metrics {
@@ -60,6 +75,9 @@ impl Metrics {
             idle_flows_deleted: Counter::default(),
             tracked_flows: Gauge::default(),
             ready: Gauge::default(),
+            architecture_reloads: Family::default(),
+            architecture_info: Family::default(),
+            reloads_seen: std::sync::Mutex::new((0, 0)),
             registry: Registry::default(),
         };
         registry.register(
@@ -107,6 +125,21 @@ impl Metrics {
             "1 when the kernel program is attached and flows are being recorded",
             m.ready.clone(),
         );
+        registry.register(
+            "architecture_reloads",
+            "Architecture file reloads: success put a new model in force, failure kept the previous one",
+            m.architecture_reloads.clone(),
+        );
+        registry.register(
+            "architecture",
+            "The architecture model in force (value 1)",
+            m.architecture_info.clone(),
+        );
+        for result in ["success", "failure"] {
+            m.architecture_reloads
+                .get_or_create(&ReloadLabels { result })
+                .inc_by(0);
+        }
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -123,6 +156,34 @@ impl Metrics {
                 .inc_by(0);
         }
         Metrics { registry, ..m }
+    }
+
+    /// Mirrors the reload counters and the model in force.
+    pub fn observe_model(
+        &self,
+        model: &crate::architecture::Architecture,
+        stats: &crate::architecture::ReloadStats,
+    ) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (ok, failed) = (stats.successes.load(Relaxed), stats.failures.load(Relaxed));
+        let Ok(mut seen) = self.reloads_seen.lock() else {
+            return;
+        };
+        self.architecture_reloads
+            .get_or_create(&ReloadLabels { result: "success" })
+            .inc_by(ok.saturating_sub(seen.0));
+        self.architecture_reloads
+            .get_or_create(&ReloadLabels { result: "failure" })
+            .inc_by(failed.saturating_sub(seen.1));
+        *seen = (ok, failed);
+        let labels = ModelLabels {
+            name: model.name().to_owned(),
+            hash: model.hash().to_owned(),
+        };
+        if self.architecture_info.get(&labels).is_none() {
+            self.architecture_info.clear();
+            self.architecture_info.get_or_create(&labels).set(1);
+        }
     }
 
     pub fn encode(&self) -> String {

@@ -15,14 +15,19 @@ use observer_common::{
 use tokio::{net::TcpListener, signal::unix::SignalKind, time::Instant};
 
 use crate::{
+    architecture::{self, ModelHandle, ReloadStats},
+    attribution,
     capture::{Capture, CaptureError, MapSizes, ProgramStats, preexisting, tracker::Tracker},
     flowlog::FlowLog,
     http::{self, Health},
+    judge,
     metrics::{ConnectionLabels, LossLabels},
     scope::Scoper,
 };
 
 pub struct RunOptions {
+    /// The architecture file and the model in force; `None` leaves verdicts empty.
+    pub model: Option<(PathBuf, ModelHandle)>,
     pub flow_log: PathBuf,
     pub flush_interval: Duration,
     pub poll_interval: Duration,
@@ -87,6 +92,7 @@ struct Agent {
     opts: RunOptions,
     clock: Clock,
     losses_seen: [u64; loss::COUNT as usize],
+    reload_stats: Arc<ReloadStats>,
     stats_seen: ProgramStats,
     hints: Vec<FlowKey>,
 }
@@ -110,6 +116,14 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     })?;
     tracing::info!("serving /metrics, /healthz and /readyz on http://{bound}");
     let server = tokio::spawn(http::serve(listener, health.clone()));
+    let reload_stats = Arc::new(ReloadStats::default());
+    let reloader = opts.model.as_ref().map(|(path, handle)| {
+        tokio::spawn(architecture::watch(
+            path.clone(),
+            handle.clone(),
+            reload_stats.clone(),
+        ))
+    });
 
     let mut sigterm =
         tokio::signal::unix::signal(SignalKind::terminate()).map_err(RunError::Signal)?;
@@ -124,6 +138,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         health: health.clone(),
         clock: Clock::now(),
         losses_seen: [0; loss::COUNT as usize],
+        reload_stats: reload_stats.clone(),
         stats_seen: ProgramStats::default(),
         hints: Vec::with_capacity(1024),
         opts,
@@ -151,6 +166,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     agent.tick(true);
     tracing::info!(records = agent.log.records, "flushed; detaching");
     server.abort();
+    if let Some(r) = reloader {
+        r.abort();
+    }
     Ok(())
 }
 
@@ -194,11 +212,25 @@ impl Agent {
             }
         }
         self.losses_seen = losses;
+        if let Some((_, handle)) = &self.opts.model {
+            self.health
+                .metrics
+                .observe_model(&handle.current(), &self.reload_stats);
+        }
         let stats = self.capture.program_stats();
         let m = &self.health.metrics;
-        m.kernel_recursion_misses.inc_by(stats.recursion_misses.saturating_sub(self.stats_seen.recursion_misses));
-        m.kernel_program_runs.inc_by(stats.run_count.saturating_sub(self.stats_seen.run_count));
-        m.kernel_program_run_time_ns.inc_by(stats.run_time_ns.saturating_sub(self.stats_seen.run_time_ns));
+        m.kernel_recursion_misses.inc_by(
+            stats
+                .recursion_misses
+                .saturating_sub(self.stats_seen.recursion_misses),
+        );
+        m.kernel_program_runs
+            .inc_by(stats.run_count.saturating_sub(self.stats_seen.run_count));
+        m.kernel_program_run_time_ns.inc_by(
+            stats
+                .run_time_ns
+                .saturating_sub(self.stats_seen.run_time_ns),
+        );
         self.stats_seen = stats;
 
         if full_scan {
@@ -314,7 +346,7 @@ impl Agent {
             cgroup_id: key.cgroup_id,
         });
         let outcomes = Outcomes::from_counts(outcomes);
-        FlowRecord {
+        let mut record = FlowRecord {
             schema: record::SCHEMA_VERSION,
             node: self.opts.node.clone(),
             protocol: Protocol::Tcp,
@@ -332,7 +364,13 @@ impl Agent {
             reason: None,
             rule: None,
             model: None,
+        };
+        if let Some((_, handle)) = &self.opts.model {
+            let model = handle.current();
+            attribution::fill_components(&model, &mut record);
+            judge::judge(&model, &mut record, judge::Context::default());
         }
+        record
     }
 
     /// Records, once, the connections that were open before the program was attached.

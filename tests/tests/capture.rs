@@ -374,7 +374,10 @@ fn a_tiny_flow_map_counts_what_it_cannot_hold() {
     let lost = overflow();
     // The kernel program's own diagnostic, through aya-log into the agent's log.
     let log = agent.log();
-    assert!(log.contains("loss counter 1 reached 1 on this CPU"), "{log}");
+    assert!(
+        log.contains("loss counter 1 reached 1 on this CPU"),
+        "{log}"
+    );
     let records = agent.stop();
     let recorded = sum(&of_netns(&records, c));
     assert!(lost > 0 && recorded > 0, "recorded {recorded}, lost {lost}");
@@ -448,9 +451,18 @@ fn a_new_flow_is_logged_from_its_hint_before_any_flush() {
     // The full-map flush never comes during the test: only the ring hint can log the flow.
     let agent = Agent::start(&["--flush-interval", "1h", "--poll-interval", "200ms"]);
     let _srv = serve(server, "0.0.0.0:8084");
-    assert_eq!(peer(client, &["connect", &format!("{}:8084", server.ip4), "1"]).0, json!({"established": 1}));
+    assert_eq!(
+        peer(client, &["connect", &format!("{}:8084", server.ip4), "1"]).0,
+        json!({"established": 1})
+    );
     let c = client.netns_inode();
-    let records = agent.wait_for(Duration::from_secs(10), "the new flow", |r| sum(&of_netns(r, c)) == 1);
+    let records = agent.wait_for(Duration::from_secs(10), "the new flow", |r| {
+        sum(&of_netns(r, c)) == 1
+    });
     assert_eq!(of_netns(&records, c)[0].dst.port, Some(8084));
-    assert_eq!(agent.metric("observer_flow_map_scans_total"), 0.0, "no full scan happened");
+    assert_eq!(
+        agent.metric("observer_flow_map_scans_total"),
+        0.0,
+        "no full scan happened"
+    );
 }

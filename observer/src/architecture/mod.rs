@@ -241,6 +241,22 @@ impl Architecture {
         best.map(|(_, n)| n)
     }
 
+    /// The external a connection's destination address belongs to. A catch-all range
+    /// (`0.0.0.0/0`, `::/0`) stands for "any address", as documented clients on the internet
+    /// are; it names a flow's source, never its destination, or every undocumented address
+    /// would be reported under that client's name instead of as an unknown destination.
+    pub fn external_for_destination_ip(&self, ip: IpAddr) -> Option<&str> {
+        let mut best: Option<(u8, &str)> = None;
+        for e in &self.externals {
+            for c in e.cidrs.iter().filter(|c| c.prefix() > 0) {
+                if c.contains(ip) && best.is_none_or(|(p, _)| c.prefix() > p) {
+                    best = Some((c.prefix(), &e.name));
+                }
+            }
+        }
+        best.map(|(_, n)| n)
+    }
+
     /// The external that lists `host`: exactly (case-insensitive, a trailing dot ignored), or
     /// through the most specific `*.suffix` wildcard, which matches names below `suffix` at any
     /// depth but not `suffix` itself.

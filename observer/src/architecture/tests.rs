@@ -157,6 +157,12 @@ fn externals_are_found_by_address_longest_prefix_first() {
         None,
         "no IPv6 catch-all"
     );
+    // A catch-all range names sources only: as a destination, "internet" would name everything.
+    assert_eq!(m.external_for_destination_ip(ip("198.51.100.1")), None);
+    assert_eq!(
+        m.external_for_destination_ip(ip("192.0.2.10")),
+        Some("payments")
+    );
 }
 
 #[test]

@@ -175,7 +175,11 @@ mod tests {
         let text = "pos:\t0\nflags:\t02000002\nprog_type:\t17\nrun_time_ns:\t106563829\nrun_cnt:\t299984\nrecursion_misses:\t16\nverified_insns:\t1200\n";
         assert_eq!(
             ProgramStats::parse(text),
-            ProgramStats { run_time_ns: 106_563_829, run_count: 299_984, recursion_misses: 16 }
+            ProgramStats {
+                run_time_ns: 106_563_829,
+                run_count: 299_984,
+                recursion_misses: 16
+            }
         );
         assert_eq!(ProgramStats::parse(""), ProgramStats::default());
     }
