@@ -1,1 +1,3 @@
 //! The observer agent: capture, attribution, verdicts and export of TCP flows.
+
+pub mod inventory;
