@@ -1,4 +1,5 @@
 //! Helpers shared by the end-to-end tests.
+#![forbid(unsafe_code)]
 
 pub mod apiserver;
 pub mod objects;

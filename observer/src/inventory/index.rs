@@ -455,7 +455,13 @@ impl Index {
             services: self.services.by_key.len(),
             service_ips: self.services.by_cluster_ip.len(),
             endpoint_slices: self.services.slices,
-            node_ips: self.node.ips.len() + self.pods.node_ips.len(),
+            node_ips: self.pods.node_ips.len()
+                + self
+                    .node
+                    .ips
+                    .iter()
+                    .filter(|ip| !self.pods.node_ips.contains_key(ip))
+                    .count(),
             skipped: self.skipped,
         }
     }

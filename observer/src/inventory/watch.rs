@@ -406,6 +406,14 @@ mod tests {
     use crate::inventory::NodeAddresses;
     use serde_json::json;
 
+    /// rustls needs exactly one crypto provider compiled in (kube is built with `ring`); with none
+    /// or two, building an HTTPS client would fail or panic at start.
+    #[tokio::test]
+    async fn an_https_client_builds() {
+        let config = Config::new("https://127.0.0.1:6443".parse().expect("url"));
+        assert!(Client::try_from(config).is_ok());
+    }
+
     #[test]
     fn backoff_grows_to_its_cap_with_jitter_and_resets() {
         let mut b = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
