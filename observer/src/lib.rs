@@ -6,6 +6,8 @@ pub mod capture;
 pub mod cli;
 pub mod flowlog;
 pub mod http;
+pub mod inventory;
+pub mod inventory;
 pub mod judge;
 pub mod metrics;
 pub mod run;

@@ -4,6 +4,7 @@
 //! Test hosts sit on a bridge of their own that has no address and no route off the machine, so
 //! their traffic can only reach each other. Names and subnets are unique per process and per lab,
 //! and everything is removed in `Drop`, also when a test fails.
+#![forbid(unsafe_code)]
 
 use std::{
     io::{Read, Write},
@@ -401,4 +402,30 @@ impl Drop for Agent {
 /// Records of `netns` only: the agent sees the whole machine, the tests judge their own hosts.
 pub fn of_netns(records: &[FlowRecord], netns: u32) -> Vec<&FlowRecord> {
     records.iter().filter(|r| r.netns == netns).collect()
+}
+
+pub mod apiserver;
+pub mod objects;
+
+/// Polls `cond` every 20 ms until it holds; panics naming `what` after `timeout`. Returns how
+/// long it took.
+pub async fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return start.elapsed();
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Logs to the test's output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
 }
