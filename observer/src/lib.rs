@@ -7,7 +7,6 @@ pub mod cli;
 pub mod flowlog;
 pub mod http;
 pub mod inventory;
-pub mod inventory;
 pub mod judge;
 pub mod metrics;
 pub mod run;
