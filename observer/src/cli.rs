@@ -20,6 +20,9 @@ pub struct Cli {
 pub enum Command {
     /// Capture TCP connections on this node and write the flow log.
     Run(Box<RunArgs>),
+    /// Re-judge a recorded flow log offline against an architecture and an inventory; exit
+    /// code 0 when every flow is expected, 1 when any is unexpected, 2 on bad input.
+    Check(CheckArgs),
     /// Check an architecture file; exit code 0 when valid, 2 with every problem otherwise.
     Validate {
         /// The architecture file (YAML, `kind: Architecture`).
@@ -37,6 +40,30 @@ pub struct RunArgs {
     /// and whenever the file changes.
     #[arg(long)]
     pub architecture: Option<PathBuf>,
+    /// Kubernetes objects from a file instead of the API server: a `kind: List` as
+    /// `kubectl get pods,services,endpointslices -A -o yaml` (or `-o json`) prints it, or
+    /// multi-document YAML.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub inventory: Option<PathBuf>,
+    /// Watch the Kubernetes API with this kubeconfig (in a pod, the in-cluster configuration is
+    /// used without it).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Do not use the Kubernetes API even when running in a cluster.
+    #[arg(long, conflicts_with_all = ["inventory", "kubeconfig"])]
+    pub no_kubernetes: bool,
+    /// Names for external addresses in /etc/hosts format, instead of resolving the
+    /// architecture's host names with the system resolver (also names wildcard hosts).
+    #[arg(long)]
+    pub hosts_file: Option<PathBuf>,
+    /// How long a flow waits for the Kubernetes index to learn a new pod's address before it is
+    /// written as unknown (and counted in observer_agent_losses_total{kind="unattributed"}).
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub hold: Duration,
+    /// Which accepted connections to report: `external` (from outside the cluster; sources in
+    /// the cluster are reported by their own node as egress) or `all`.
+    #[arg(long, value_enum, default_value = "external")]
+    pub ingress: crate::run::IngressMode,
     /// Where to write the flow log (JSON Lines, appended); `-` for stdout.
     #[arg(long, default_value = "-")]
     pub flow_log: PathBuf,
@@ -80,4 +107,26 @@ pub struct RunArgs {
     /// Size of the new-flow ring buffer in bytes (a power of two, a multiple of the page size).
     #[arg(long, default_value_t = 256 * 1024)]
     pub ring_bytes: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The architecture file.
+    #[arg(long)]
+    pub architecture: PathBuf,
+    /// Kubernetes objects (kubectl List YAML/JSON or multi-document YAML).
+    #[arg(long)]
+    pub inventory: Option<PathBuf>,
+    /// The flow log to judge (JSON Lines, `observer run --flow-log`); repeatable.
+    #[arg(long = "flow-log", required = true)]
+    pub flow_logs: Vec<PathBuf>,
+    /// Pod address ranges (as for `observer run`).
+    #[arg(long = "pod-cidr")]
+    pub pod_cidrs: Vec<IpNet>,
+    /// Service address ranges.
+    #[arg(long = "service-cidr")]
+    pub service_cidrs: Vec<IpNet>,
+    /// Names for external addresses (/etc/hosts format).
+    #[arg(long)]
+    pub hosts_file: Option<PathBuf>,
 }

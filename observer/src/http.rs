@@ -20,6 +20,8 @@ pub struct Health {
     pub metrics: Metrics,
     /// The kernel program is attached and the agent loop has completed a pass.
     pub capturing: AtomicBool,
+    /// The Kubernetes watchers' state, when the agent watches the API.
+    pub inventory: std::sync::Mutex<Option<Arc<crate::inventory::InventoryStatus>>>,
 }
 
 impl Health {
@@ -27,6 +29,7 @@ impl Health {
         Health {
             metrics: Metrics::new(),
             capturing: AtomicBool::new(false),
+            inventory: std::sync::Mutex::new(None),
         }
     }
 }
@@ -34,6 +37,31 @@ impl Health {
 impl Default for Health {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl Health {
+    fn inventory_status(&self) -> Option<Arc<crate::inventory::InventoryStatus>> {
+        self.inventory.lock().ok().and_then(|s| s.clone())
+    }
+
+    /// Ready once the program is attached and recording and the index (if any) has synced once.
+    /// A stale index after that stays ready, so Prometheus keeps scraping; the body says so.
+    pub fn readiness(&self) -> (bool, String) {
+        if !self.capturing.load(Ordering::Relaxed) {
+            return (false, "not ready: kernel program not attached yet\n".into());
+        }
+        match self.inventory_status() {
+            Some(s) if !s.ready() => (
+                false,
+                "not ready: waiting for the first sync of the Kubernetes index\n".into(),
+            ),
+            Some(s) if s.stale() => (
+                true,
+                "ready: capturing; index stale (lost the API server watch, retrying)\n".into(),
+            ),
+            _ => (true, "ready: capturing\n".into()),
+        }
     }
 }
 

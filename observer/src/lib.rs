@@ -3,11 +3,14 @@
 pub mod architecture;
 pub mod attribution;
 pub mod capture;
+pub mod cgroups;
+pub mod check;
 pub mod cli;
 pub mod flowlog;
 pub mod http;
 pub mod inventory;
 pub mod judge;
 pub mod metrics;
+pub mod names;
 pub mod run;
 pub mod scope;

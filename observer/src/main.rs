@@ -5,7 +5,7 @@ use observer::{
     architecture::{Architecture, ModelHandle},
     capture::MapSizes,
     cli::{Cli, Command, RunArgs},
-    run::{RunError, RunOptions, run},
+    run::{InventorySource, RunError, RunOptions, run},
     scope::Scoper,
 };
 use tracing_subscriber::EnvFilter;
@@ -23,6 +23,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run_command(*args),
+        Command::Check(args) => ExitCode::from(observer::check::check_command(&args) as u8),
         Command::Validate { file } => {
             ExitCode::from(observer::architecture::validate_command(&file).clamp(0, 255) as u8)
         }
@@ -68,8 +69,23 @@ fn run_command(args: RunArgs) -> ExitCode {
         },
         None => None,
     };
+    let inventory = match (args.inventory, args.kubeconfig, args.no_kubernetes) {
+        (_, _, true) => InventorySource::None,
+        (Some(file), _, _) => InventorySource::File(file),
+        (None, Some(kubeconfig), _) => InventorySource::Api {
+            kubeconfig: Some(kubeconfig),
+        },
+        (None, None, _) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+            InventorySource::Api { kubeconfig: None }
+        }
+        (None, None, _) => InventorySource::None,
+    };
     let opts = RunOptions {
         model,
+        inventory,
+        hosts_file: args.hosts_file,
+        hold: args.hold,
+        ingress: args.ingress,
         flow_log: args.flow_log,
         flush_interval: args.flush_interval,
         poll_interval: args.poll_interval,
@@ -102,7 +118,11 @@ fn run_command(args: RunArgs) -> ExitCode {
             eprintln!("observer: {e}");
             // Missing kernel features and privileges are configuration problems: exit 2.
             ExitCode::from(match e {
-                RunError::Capture(_) | RunError::Listen { .. } | RunError::FlowLog { .. } => 2,
+                RunError::Capture(_)
+                | RunError::Listen { .. }
+                | RunError::FlowLog { .. }
+                | RunError::Inventory(_)
+                | RunError::HostsFile { .. } => 2,
                 RunError::Signal(_) => 1,
             })
         }

@@ -1,33 +1,63 @@
-//! `observer run`: capture, record and serve until the duration ends or a signal arrives.
+//! `observer run`: capture, attribute, judge, record and serve until the duration ends or a
+//! signal arrives.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, atomic::Ordering},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::{Duration, SystemTime},
 };
 
 use observer_common::{
     FlowCounters, FlowKey, Outcome, comm_str, loss,
-    record::{self, Direction, Endpoint, FlowRecord, Outcomes, Process, Protocol, Timestamp},
+    record::{
+        self, Direction, Endpoint, FlowRecord, Outcomes, Process, Protocol, Scope, Timestamp,
+    },
 };
 use tokio::{net::TcpListener, signal::unix::SignalKind, time::Instant};
 
 use crate::{
     architecture::{self, ModelHandle, ReloadStats},
-    attribution,
+    attribution::Attributor,
     capture::{Capture, CaptureError, MapSizes, ProgramStats, preexisting, tracker::Tracker},
     flowlog::FlowLog,
     http::{self, Health},
+    inventory::{self, IndexHandle, InventoryStatus, NodeAddresses},
     judge,
-    metrics::{ConnectionLabels, LossLabels},
+    metrics::LossLabels,
+    names::HostNames,
     scope::Scoper,
 };
+
+/// Where the agent learns who is who.
+#[derive(Clone, Debug)]
+pub enum InventorySource {
+    /// No Kubernetes: addresses are classified by scope only.
+    None,
+    /// Objects from a file (`kubectl get pods,services,endpointslices -A -o yaml`).
+    File(PathBuf),
+    /// The Kubernetes API (in-cluster configuration, or this kubeconfig).
+    Api { kubeconfig: Option<PathBuf> },
+}
+
+/// Which accepted connections this agent reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IngressMode {
+    /// Only those from outside the cluster: a connection from a pod or node is reported once,
+    /// as egress, by the agent on the source's node.
+    External,
+    /// Every accepted connection (one host, or debugging).
+    All,
+}
 
 pub struct RunOptions {
     /// The architecture file and the model in force; `None` leaves verdicts empty.
     pub model: Option<(PathBuf, ModelHandle)>,
+    pub inventory: InventorySource,
+    pub hosts_file: Option<PathBuf>,
+    pub hold: Duration,
+    pub ingress: IngressMode,
     pub flow_log: PathBuf,
     pub flush_interval: Duration,
     pub poll_interval: Duration,
@@ -56,6 +86,13 @@ pub enum RunError {
     },
     #[error("cannot install a signal handler: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Inventory(#[from] inventory::Error),
+    #[error("cannot read the hosts file {path}: {source}")]
+    HostsFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Converts the kernel's CLOCK_MONOTONIC nanoseconds to wall-clock time.
@@ -83,6 +120,12 @@ impl Clock {
     }
 }
 
+/// A record waiting for the index to learn one of its addresses.
+struct Held {
+    record: FlowRecord,
+    until: Instant,
+}
+
 /// Everything the agent loop owns.
 struct Agent {
     capture: Capture,
@@ -95,6 +138,10 @@ struct Agent {
     reload_stats: Arc<ReloadStats>,
     stats_seen: ProgramStats,
     hints: Vec<FlowKey>,
+    attributor: Attributor,
+    index: Option<IndexHandle>,
+    names: Arc<Mutex<HostNames>>,
+    held: VecDeque<Held>,
 }
 
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
@@ -115,15 +162,59 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         source,
     })?;
     tracing::info!("serving /metrics, /healthz and /readyz on http://{bound}");
-    let server = tokio::spawn(http::serve(listener, health.clone()));
+
+    let mut tasks = Vec::new();
+    let node = NodeAddresses {
+        name: Some(opts.node.clone()),
+        ips: opts.scoper.node_ips.iter().copied().collect(),
+    };
+    let index = match &opts.inventory {
+        InventorySource::None => None,
+        InventorySource::File(path) => {
+            let handle = IndexHandle::new(node);
+            let report = inventory::offline::load_file(path, &handle)?;
+            tracing::info!(?report, "inventory loaded from {}", path.display());
+            Some(handle)
+        }
+        InventorySource::Api { kubeconfig } => {
+            let handle = IndexHandle::new(node);
+            let client =
+                inventory::client_from_kubeconfig_or_incluster(kubeconfig.as_deref()).await?;
+            let status = Arc::new(InventoryStatus::new());
+            *health.inventory.lock().unwrap_or_else(|e| e.into_inner()) = Some(status.clone());
+            tasks.push(tokio::spawn(inventory::run_watchers(
+                client,
+                handle.clone(),
+                status,
+            )));
+            Some(handle)
+        }
+    };
+    tasks.push(tokio::spawn(http::serve(listener, health.clone())));
     let reload_stats = Arc::new(ReloadStats::default());
-    let reloader = opts.model.as_ref().map(|(path, handle)| {
-        tokio::spawn(architecture::watch(
+    if let Some((path, handle)) = &opts.model {
+        tasks.push(tokio::spawn(architecture::watch(
             path.clone(),
             handle.clone(),
             reload_stats.clone(),
-        ))
-    });
+        )));
+    }
+    let names = Arc::new(Mutex::new(HostNames::default()));
+    if let Some(path) = &opts.hosts_file {
+        let loaded = HostNames::load_hosts_file(path).map_err(|source| RunError::HostsFile {
+            path: path.clone(),
+            source,
+        })?;
+        names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .merge(&loaded);
+    } else if let Some((_, handle)) = &opts.model {
+        tasks.push(tokio::spawn(resolve_exact_hosts(
+            handle.clone(),
+            names.clone(),
+        )));
+    }
 
     let mut sigterm =
         tokio::signal::unix::signal(SignalKind::terminate()).map_err(RunError::Signal)?;
@@ -138,9 +229,13 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         health: health.clone(),
         clock: Clock::now(),
         losses_seen: [0; loss::COUNT as usize],
-        reload_stats: reload_stats.clone(),
+        reload_stats,
         stats_seen: ProgramStats::default(),
         hints: Vec::with_capacity(1024),
+        attributor: Attributor::new(opts.scoper.host_netns),
+        index,
+        names,
+        held: VecDeque::new(),
         opts,
     };
     agent.record_preexisting();
@@ -160,16 +255,31 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             next_flush = Instant::now() + agent.opts.flush_interval;
         }
         health.capturing.store(true, Ordering::Relaxed);
-        health.metrics.ready.set(1);
     }
-    // A last pass so every counted connection reaches the log before the program detaches.
+    // A last pass so every counted connection reaches the log before the program detaches;
+    // records still held are written as they are.
     agent.tick(true);
+    agent.release_held(true);
+    let _ = agent.log.flush();
     tracing::info!(records = agent.log.records, "flushed; detaching");
-    server.abort();
-    if let Some(r) = reloader {
-        r.abort();
+    for t in tasks {
+        t.abort();
     }
     Ok(())
+}
+
+/// Re-resolves the exact host names of the architecture every minute.
+async fn resolve_exact_hosts(model: ModelHandle, names: Arc<Mutex<HostNames>>) {
+    loop {
+        let hosts: Vec<String> = model.current().exact_hosts().map(str::to_owned).collect();
+        let resolved = tokio::task::spawn_blocking(move || {
+            HostNames::resolve(hosts.iter().map(String::as_str))
+        })
+        .await
+        .unwrap_or_default();
+        *names.lock().unwrap_or_else(|e| e.into_inner()) = resolved;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -212,11 +322,6 @@ impl Agent {
             }
         }
         self.losses_seen = losses;
-        if let Some((_, handle)) = &self.opts.model {
-            self.health
-                .metrics
-                .observe_model(&handle.current(), &self.reload_stats);
-        }
         let stats = self.capture.program_stats();
         let m = &self.health.metrics;
         m.kernel_recursion_misses.inc_by(
@@ -232,6 +337,11 @@ impl Agent {
                 .saturating_sub(self.stats_seen.run_time_ns),
         );
         self.stats_seen = stats;
+        if let Some((_, handle)) = &self.opts.model {
+            self.health
+                .metrics
+                .observe_model(&handle.current(), &self.reload_stats);
+        }
 
         if full_scan {
             let mut readings = Vec::new();
@@ -259,6 +369,7 @@ impl Agent {
                 .tracked_flows
                 .set((entries - idle.len()) as i64);
         }
+        self.release_held(false);
         if let Err(e) = self.log.flush() {
             tracing::warn!("flow log flush failed: {e}");
         }
@@ -267,36 +378,69 @@ impl Agent {
     fn observe(&mut self, key: FlowKey, counters: FlowCounters) {
         if let Some(delta) = self.tracker.observe(key, counters) {
             let record = self.record(&key, &delta.outcomes, &counters, false);
-            self.emit(record);
+            self.finish(record, None);
         }
     }
 
-    fn emit(&mut self, record: FlowRecord) {
-        let direction = match record.direction {
-            Direction::Egress => "egress",
-            Direction::Ingress => "ingress",
-        };
-        let dst_scope = record.dst.scope.map(|s| s.name()).unwrap_or("unknown");
-        for o in Outcome::ALL {
-            let n = record.outcomes.get(o);
-            if n > 0 {
-                self.health
-                    .metrics
-                    .connections
-                    .get_or_create(&ConnectionLabels {
-                        direction,
-                        outcome: o.name(),
-                        dst_scope,
-                    })
-                    .inc_by(n);
+    /// Attributes and judges `record`; holds it while the index does not know one of its
+    /// cluster addresses (at most `--hold`), then writes it.
+    fn finish(&mut self, mut record: FlowRecord, held_until: Option<Instant>) {
+        let index = self.index.as_ref().map(IndexHandle::snapshot);
+        let model = self.opts.model.as_ref().map(|(_, h)| h.current());
+        let names = self.names.lock().map(|n| n.clone()).unwrap_or_default();
+        let attributed =
+            self.attributor
+                .attribute(&mut record, index.as_deref(), model.as_deref(), &names);
+        let now = Instant::now();
+        if attributed.incomplete && self.index.is_some() {
+            let until = held_until.unwrap_or(now + self.opts.hold);
+            if now < until {
+                self.held.push_back(Held {
+                    record: strip_attribution(record),
+                    until,
+                });
+                return;
             }
+            self.health.metrics.agent_loss("unattributed", record.count);
         }
+        if let Some(model) = &model {
+            judge::judge(model, &mut record, attributed.ctx);
+        }
+        self.emit(record);
+    }
+
+    /// Retries held records; writes those whose hold expired (or all, at shutdown).
+    fn release_held(&mut self, all: bool) {
+        let now = Instant::now();
+        let pending: Vec<Held> = self.held.drain(..).collect();
+        for h in pending {
+            let until = if all { now } else { h.until };
+            self.finish(h.record, Some(until));
+        }
+        self.health.metrics.held.set(self.held.len() as i64);
+    }
+
+    fn emit(&mut self, record: FlowRecord) {
+        if record.direction == Direction::Ingress
+            && self.opts.ingress == IngressMode::External
+            && record.src.scope != Some(Scope::External)
+        {
+            // The source is a pod or node of the cluster: its own node reports it as egress.
+            self.health
+                .metrics
+                .ingress_left_to_source_node
+                .inc_by(record.count);
+            return;
+        }
+        self.health.metrics.observe_record(&record);
         match self.log.write(&record) {
             Ok(()) => {
                 self.health.metrics.flow_records.inc();
             }
             Err(e) => {
-                self.health.metrics.flow_log_write_errors.inc();
+                self.health
+                    .metrics
+                    .agent_loss("flow_log_write_failed", record.count);
                 tracing::warn!("flow log write failed: {e}");
             }
         };
@@ -346,7 +490,7 @@ impl Agent {
             cgroup_id: key.cgroup_id,
         });
         let outcomes = Outcomes::from_counts(outcomes);
-        let mut record = FlowRecord {
+        FlowRecord {
             schema: record::SCHEMA_VERSION,
             node: self.opts.node.clone(),
             protocol: Protocol::Tcp,
@@ -364,13 +508,7 @@ impl Agent {
             reason: None,
             rule: None,
             model: None,
-        };
-        if let Some((_, handle)) = &self.opts.model {
-            let model = handle.current();
-            attribution::fill_components(&model, &mut record);
-            judge::judge(&model, &mut record, judge::Context::default());
         }
-        record
     }
 
     /// Records, once, the connections that were open before the program was attached.
@@ -399,9 +537,24 @@ impl Agent {
                     cgroup_id: 0,
                 });
             }
-            self.emit(record);
+            self.finish(record, None);
             n += count;
         }
         tracing::info!(connections = n, "recorded connections open before start");
+    }
+}
+
+/// A held record goes through attribution again from its raw addresses and scopes.
+fn strip_attribution(r: FlowRecord) -> FlowRecord {
+    let raw = |ep: Endpoint| Endpoint {
+        ip: ep.ip,
+        port: ep.port,
+        scope: ep.scope,
+        ..Default::default()
+    };
+    FlowRecord {
+        src: raw(r.src),
+        dst: raw(r.dst),
+        ..r
     }
 }

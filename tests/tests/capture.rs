@@ -7,7 +7,16 @@ use observer_common::record::{Direction, FlowRecord, Outcomes, Scope};
 use observer_tests::{Agent, Background, Lab, netpeer, of_netns, peer, serve, sh};
 use serde_json::json;
 
-const CLUSTER: [&str; 4] = ["--pod-cidr", "10.0.0.0/8", "--pod-cidr", "fd0b::/16"];
+/// The test hosts' ranges are the cluster's; every accepted connection is reported, so both
+/// ends of each connection can be checked on this one node.
+const CLUSTER: [&str; 6] = [
+    "--pod-cidr",
+    "10.0.0.0/8",
+    "--pod-cidr",
+    "fd0b::/16",
+    "--ingress",
+    "all",
+];
 
 fn sum(records: &[&FlowRecord]) -> u64 {
     records.iter().map(|r| r.count).sum()
