@@ -6,5 +6,6 @@ pub mod cli;
 pub mod flowlog;
 pub mod http;
 pub mod metrics;
+pub mod report;
 pub mod run;
 pub mod scope;
