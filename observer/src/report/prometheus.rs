@@ -70,7 +70,7 @@ pub fn query(base: &str, promql: &str, at: SystemTime) -> Result<Value, InputErr
         .query("time", format!("{:.3}", secs(at)))
         .call()
         .map_err(|e| InputError(format!("cannot reach Prometheus at {base}: {e}")))?;
-    let status = resp.status();
+    let status = resp.status().as_u16();
     let body = resp
         .body_mut()
         .with_config()

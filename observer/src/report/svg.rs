@@ -9,12 +9,13 @@ use std::fmt::Write;
 
 use super::model::{Diagram, EdgeStyle};
 
-const COL: f64 = 260.0;
-const ROW: f64 = 64.0;
-const W: f64 = 200.0;
+const COL: f64 = 290.0;
+const ROW: f64 = 70.0;
+const W: f64 = 180.0;
 const H: f64 = 38.0;
 const MARGIN: f64 = 30.0;
-const TOP: f64 = 40.0;
+/// Room above the first row for edges that jump over a column.
+const TOP: f64 = 90.0;
 
 /// Escapes text and attribute values.
 pub fn esc(s: &str) -> String {
@@ -148,7 +149,7 @@ pub fn render(d: &Diagram) -> String {
     ] {
         let _ = writeln!(
             o,
-            r#"<marker id="arrow-{name}" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" markerHeight="8" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="{color}"/></marker>"#
+            r#"<marker id="arrow-{name}" viewBox="0 0 10 10" refX="10" refY="5" markerUnits="userSpaceOnUse" markerWidth="11" markerHeight="11" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="{color}"/></marker>"#
         );
     }
     o.push_str("</defs>\n");
@@ -165,7 +166,7 @@ pub fn render(d: &Diagram) -> String {
             .count() as f64;
         pairs.push((a, b));
         let ((xa, ya), (xb, yb)) = (pos(a), pos(b));
-        let off = k * 10.0;
+        let off = k * 12.0;
         let (path, lx, ly) = if a == b {
             let (x, y) = (xa + W, ya);
             (
@@ -183,13 +184,9 @@ pub fn render(d: &Diagram) -> String {
                 x + 40.0 + off,
                 y + H / 2.0 + 4.0,
             )
-        } else if rank[b] > rank[a] {
-            let (x1, y1, x2, y2) = (
-                xa + W,
-                ya + H / 2.0 + off / 2.0,
-                xb,
-                yb + H / 2.0 + off / 2.0,
-            );
+        } else if rank[b] == rank[a] + 1 {
+            // Next column: right side to left side.
+            let (x1, y1, x2, y2) = (xa + W, ya + H / 2.0 + off, xb, yb + H / 2.0 + off);
             let dx = (x2 - x1) / 2.0;
             (
                 format!(
@@ -197,8 +194,17 @@ pub fn render(d: &Diagram) -> String {
                     x1 + dx,
                     x2 - dx
                 ),
-                x1 + dx * 0.5 + (x2 - x1) * 0.25,
-                y1 + (y2 - y1) * 0.5 - 4.0,
+                (x1 + x2) / 2.0 - 12.0,
+                (y1 + y2) / 2.0 - 5.0,
+            )
+        } else if rank[b] > rank[a] {
+            // Over one or more columns: an arc above the rows between, top to top.
+            let (x1, y1, x2, y2) = (xa + W * 0.75, ya, xb + W * 0.25, yb);
+            let lift = y1.min(y2) - 40.0 - 14.0 * ((rank[b] - rank[a]) as f64 - 2.0).min(3.0) - off;
+            (
+                format!("M{x1:.1},{y1:.1} C{x1:.1},{lift:.1} {x2:.1},{lift:.1} {x2:.1},{y2:.1}"),
+                (x1 + x2) / 2.0 - 12.0,
+                lift + 0.75 * (y1.min(y2) - lift) - 12.0,
             )
         } else {
             // Backwards or within a column: a loop below both nodes.
