@@ -26,7 +26,11 @@ use std::{
 
 use observer_common::record::{Direction, Endpoint, FlowRecord, Outcomes, Scope, Timestamp};
 
-use super::{EXIT_BAD_INPUT, EXIT_CONFORMANT, InputError, model::outcomes_text, read_flow_logs};
+use super::{
+    EXIT_BAD_INPUT, EXIT_CONFORMANT, InputError,
+    model::{Observation, outcomes_text, pair_keys},
+    read_flow_logs,
+};
 use crate::architecture::{
     API_VERSION, Architecture, DEFAULT_SELECTOR_LABEL, KIND, KUBE_APISERVER, NODE,
 };
@@ -164,7 +168,10 @@ struct LExternal {
 
 #[derive(Clone, Debug, Default)]
 struct LFlow {
+    /// Counted once: an `ingress` record whose client's `egress` record is in the input adds
+    /// to `accepted` only.
     connections: u64,
+    accepted: u64,
     records: u64,
     outcomes: Outcomes,
     first: Option<Timestamp>,
@@ -221,6 +228,10 @@ fn is_host(s: &str) -> bool {
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         })
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn q(s: &str) -> String {
@@ -392,9 +403,18 @@ pub fn draft(records: &[FlowRecord], name: &str, header: &[String]) -> Draft {
             r.direction == Direction::Ingress,
         )
     });
+    let egress: BTreeSet<(String, String)> = records
+        .iter()
+        .filter(|r| r.direction == Direction::Egress)
+        .flat_map(|r| pair_keys(&Observation::from_record(r)))
+        .collect();
     let mut first: Option<Timestamp> = None;
     let mut last: Option<Timestamp> = None;
     for r in ordered {
+        let duplicate = r.direction == Direction::Ingress
+            && pair_keys(&Observation::from_record(r))
+                .iter()
+                .any(|k| egress.contains(k));
         first = Some(first.map_or(r.first_seen, |f| f.min(r.first_seen)));
         last = Some(last.map_or(r.last_seen, |x| x.max(r.last_seen)));
         if r.dst.scope == Some(Scope::Local) {
@@ -416,6 +436,10 @@ pub fn draft(records: &[FlowRecord], name: &str, header: &[String]) -> Draft {
                     continue;
                 }
                 let f = l.flows.entry((a, b, port)).or_default();
+                if duplicate {
+                    f.accepted += r.count;
+                    continue;
+                }
                 f.connections += r.count;
                 f.records += 1;
                 let o = &mut f.outcomes;
@@ -530,11 +554,18 @@ pub fn draft(records: &[FlowRecord], name: &str, header: &[String]) -> Draft {
                 f.processes.iter().cloned().collect::<Vec<_>>().join(", ")
             )
         };
-        y.push_str(&format!(
-            "  # {} connections ({}){span}{procs}\n",
-            f.connections,
-            outcomes_text(Some(&f.outcomes))
-        ));
+        if f.records == 0 {
+            y.push_str(&format!(
+                "  # {} accepted by the server only (their clients were counted under another address or port)\n",
+                plural(f.accepted, "connection", "connections")
+            ));
+        } else {
+            y.push_str(&format!(
+                "  # {} ({}){span}{procs}\n",
+                plural(f.connections, "connection", "connections"),
+                outcomes_text(Some(&f.outcomes))
+            ));
+        }
         if f.outcomes.established == 0 && f.connections > 0 {
             y.push_str(
                 "  # REVIEW: no connection was established: something blocks or refuses this flow; keep it\n  # only if it is meant to work.\n",

@@ -514,7 +514,7 @@ fn ts(t: Option<Timestamp>) -> Option<String> {
 
 /// Keys under which an `ingress` observation is the same connection as an `egress` one: the
 /// client (address, else workload, else party) with any name of the server.
-fn pair_keys(o: &Observation) -> Vec<(String, String)> {
+pub(super) fn pair_keys(o: &Observation) -> Vec<(String, String)> {
     let client = if let Some(ip) = o.src.ip {
         format!("ip:{ip}")
     } else if let (Some(ns), Some(w)) = (&o.src.namespace, &o.src.workload) {

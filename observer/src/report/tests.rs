@@ -724,6 +724,8 @@ fn learned_draft_validates_and_judges_every_record_expected() {
     let yaml = std::fs::read_to_string(&path).expect("draft");
     assert!(yaml.contains("    # REVIEW: selector guessed from the workload name (Pod debug); records carry no pod labels.\n"), "{yaml}");
     assert!(yaml.contains("  # 5 connections (5 timed-out), first seen 2026-11-25T10:15:00.000Z, last seen 2026-11-25T10:16:00.000Z, by python3\n  # REVIEW: no connection was established"), "{yaml}");
+    // Counted once: node-b's ingress twin of node-a's api → db records adds nothing.
+    assert!(yaml.contains("  # 7 connections (6 established, 1 refused), first seen 2026-11-25T10:01:00.000Z, last seen 2026-11-25T10:40:00.000Z, by api\n  - from: \"api\"\n    to: \"db\"\n    ports: [5432]\n"), "{yaml}");
     assert!(yaml.contains("# 6 connections stayed inside one pod (loopback): expected without a flow (rule local).\n"), "{yaml}");
 }
 
