@@ -198,8 +198,11 @@ pub fn fetch(
         };
     }
     let at = |t: Option<f64>| {
-        t.filter(|t| *t >= 0.0)
-            .map(|t| Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(t)))
+        // A time Prometheus could not have written (negative, not finite, past year 2554) is
+        // dropped rather than trusted.
+        t.and_then(|t| Duration::try_from_secs_f64(t).ok())
+            .and_then(|d| SystemTime::UNIX_EPOCH.checked_add(d))
+            .map(Timestamp)
     };
     let mut out = vec![];
     for (k, (n, first, last)) in flows {
