@@ -23,6 +23,11 @@ pub enum Command {
     /// Re-judge a recorded flow log offline against an architecture and an inventory; exit
     /// code 0 when every flow is expected, 1 when any is unexpected, 2 on bad input.
     Check(CheckArgs),
+    /// An audit report: does observed traffic match the architecture? Exit code 0 when it
+    /// does, 1 when any flow is unexpected, 2 on bad input.
+    Report(ReportArgs),
+    /// Write a draft architecture from observed traffic, for a human to review.
+    Learn(LearnArgs),
     /// Check an architecture file; exit code 0 when valid, 2 with every problem otherwise.
     Validate {
         /// The architecture file (YAML, `kind: Architecture`).
@@ -129,4 +134,45 @@ pub struct CheckArgs {
     /// Names for external addresses (/etc/hosts format).
     #[arg(long)]
     pub hosts_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The architecture under review.
+    #[arg(long)]
+    pub architecture: PathBuf,
+    /// Flow logs to report on (repeatable: one node or many).
+    #[arg(long = "flow-log", conflicts_with = "prometheus")]
+    pub flow_logs: Vec<PathBuf>,
+    /// Report cluster-wide from Prometheus's HTTP API instead (workload granularity).
+    #[arg(long)]
+    pub prometheus: Option<String>,
+    /// Start of the window: RFC 3339 or a duration ago (`1h`).
+    #[arg(long)]
+    pub since: Option<crate::report::TimeSpec>,
+    /// End of the window (default now).
+    #[arg(long)]
+    pub until: Option<crate::report::TimeSpec>,
+    /// md, html or json.
+    #[arg(long, default_value = "md")]
+    pub format: crate::report::Format,
+    /// Where to write the report (default stdout).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LearnArgs {
+    /// Flow logs to learn from (repeatable).
+    #[arg(long = "flow-log", required = true)]
+    pub flow_logs: Vec<PathBuf>,
+    /// Kubernetes objects, to take components' selectors from their pods' labels.
+    #[arg(long)]
+    pub inventory: Option<PathBuf>,
+    /// metadata.name of the draft.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where to write the draft (default stdout).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
 }

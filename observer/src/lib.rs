@@ -12,5 +12,6 @@ pub mod inventory;
 pub mod judge;
 pub mod metrics;
 pub mod names;
+pub mod report;
 pub mod run;
 pub mod scope;

@@ -24,10 +24,33 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run_command(*args),
         Command::Check(args) => ExitCode::from(observer::check::check_command(&args) as u8),
+        Command::Report(a) => exit(observer::report::report_command(
+            &observer::report::ReportOptions {
+                architecture: a.architecture,
+                flow_logs: a.flow_logs,
+                prometheus: a.prometheus,
+                since: a.since,
+                until: a.until,
+                format: a.format,
+                output: a.output,
+            },
+        )),
+        Command::Learn(a) => exit(observer::report::learn_command(
+            &observer::report::LearnOptions {
+                flow_logs: a.flow_logs,
+                inventory: a.inventory,
+                output: a.output,
+                name: a.name,
+            },
+        )),
         Command::Validate { file } => {
             ExitCode::from(observer::architecture::validate_command(&file).clamp(0, 255) as u8)
         }
     }
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(code.clamp(0, 255) as u8)
 }
 
 /// Inode of the network namespace of pid 1 under `proc`: the node's own namespace.
