@@ -21,6 +21,15 @@ fn main() -> anyhow::Result<()> {
             }
         );
         fs::write(&out, [])?;
+        // Build again once bpf-linker appears (a missing path counts as changed), so a build
+        // made before the bootstrap does not keep its empty kernel object.
+        if let Some(home) = env::var_os("HOME") {
+            println!(
+                "cargo:rerun-if-changed={}/.cargo/bin/bpf-linker",
+                PathBuf::from(home).display()
+            );
+        }
+        println!("cargo:rerun-if-changed=/usr/local/bin/bpf-linker");
         return Ok(());
     }
     let manifest = env::var("CARGO_MANIFEST_DIR")?;

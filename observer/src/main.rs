@@ -53,14 +53,25 @@ fn exit(code: i32) -> ExitCode {
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 
-/// Inode of the network namespace of pid 1 under `proc`: the node's own namespace.
+/// Inode of the node's own network namespace: pid 1's under `proc`; where pid 1 cannot be
+/// inspected (a sandbox whose init is outside its reach), the agent's own, which is the node's
+/// when the agent runs directly on it.
 fn host_netns(proc: &std::path::Path) -> Option<u32> {
-    let link = fs::read_link(proc.join("1/ns/net")).ok()?;
-    link.to_str()?
-        .strip_prefix("net:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
+    let inode = |p: std::path::PathBuf| -> Option<u32> {
+        let link = fs::read_link(p).ok()?;
+        link.to_str()?
+            .strip_prefix("net:[")?
+            .strip_suffix(']')?
+            .parse()
+            .ok()
+    };
+    inode(proc.join("1/ns/net")).or_else(|| {
+        tracing::warn!(
+            "cannot read {}/1/ns/net; taking this process's network namespace as the node's",
+            proc.display()
+        );
+        inode("/proc/self/ns/net".into())
+    })
 }
 
 fn run_command(args: RunArgs) -> ExitCode {

@@ -36,13 +36,17 @@ impl Scoper {
     }
 
     /// Scope of the end that lives on this node, in network namespace `netns` at address `ip`.
+    /// A socket outside the node's namespace is a pod's, unless the pod ranges are known and
+    /// its address is outside them (a namespace that is not a pod, such as a test host).
     pub fn of_local_end(&self, netns: u32, ip: IpAddr) -> Scope {
         if ip.to_canonical().is_loopback() {
             Scope::Local
         } else if Some(netns) == self.host_netns {
             Scope::Node
-        } else {
+        } else if self.pod_cidrs.is_empty() {
             Scope::Cluster
+        } else {
+            self.of_addr(ip)
         }
     }
 }

@@ -8,6 +8,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+
+mod demo;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -25,6 +27,21 @@ enum Task {
     Test {
         /// Extra arguments for the end-to-end test binary (e.g. a test name filter).
         filter: Vec<String>,
+    },
+    /// The demo: the Trackunit system as a cluster in a box, watched by the agent (as root).
+    Demo {
+        /// How long to keep watching after the scripted flows (0 for none).
+        #[arg(long, default_value_t = 20)]
+        linger_seconds: u64,
+        /// Where the flow log, inventory, summary and audit report go.
+        #[arg(long, default_value = "target/demo")]
+        out: PathBuf,
+        /// Where the agent serves /metrics during the demo.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        metrics_addr: String,
+        /// Use the binaries already in target/debug (the test suite builds them first).
+        #[arg(long)]
+        no_build: bool,
     },
 }
 
@@ -81,9 +98,54 @@ fn test(filter: &[String]) -> Result<()> {
     run(&mut e2e)
 }
 
+fn demo(linger_seconds: u64, out: PathBuf, metrics_addr: String, no_build: bool) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the demo creates network namespaces and loads a BPF program: run `cargo xtask demo` as root"
+        );
+    }
+    if !no_build {
+        bootstrap()?;
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        run(Command::new(&cargo).args([
+            "build",
+            "-p",
+            "observer",
+            "-p",
+            "observer-tests",
+            "--bins",
+        ]))?;
+    }
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = interrupted.clone();
+    ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::Relaxed))
+        .context("installing the Ctrl-C handler")?;
+    let out = if out.is_absolute() {
+        out
+    } else {
+        root().join(out)
+    };
+    let opts = demo::DemoOptions {
+        linger: std::time::Duration::from_secs(linger_seconds),
+        out_dir: out,
+        metrics_addr,
+    };
+    if demo::run(&root(), &opts, interrupted)? {
+        Ok(())
+    } else {
+        bail!("the demo's verdicts did not match what it drove (see the summary above)")
+    }
+}
+
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Bootstrap => bootstrap(),
         Task::Test { filter } => test(&filter),
+        Task::Demo {
+            linger_seconds,
+            out,
+            metrics_addr,
+            no_build,
+        } => demo(linger_seconds, out, metrics_addr, no_build),
     }
 }

@@ -275,9 +275,12 @@ impl Index {
     /// node's), Service ClusterIPs, pod IPs, node addresses.
     pub fn lookup(&self, ip: IpAddr, port: u16) -> IpOwner<'_> {
         let s = &self.services;
+        // Port 0 is a connection's source: the API server connects out from its endpoint
+        // address (to kubelets, webhooks) on ports of its own choosing.
         if s.apiserver_ips.contains(&ip)
             || s.apiserver_endpoints.contains(&(ip, Some(port)))
             || s.apiserver_endpoints.contains(&(ip, None))
+            || (port == 0 && s.apiserver_endpoints.iter().any(|(a, _)| *a == ip))
         {
             return IpOwner::KubeApiserver;
         }
