@@ -29,34 +29,34 @@ pub struct AgentLossLabels {
     pub kind: &'static str,
 }
 
-/// One end pair of a flow, as labels.
+/// Who talked to whom, at workload level: the labels both connection counters share.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ConnectionLabels {
-    pub direction: &'static str,
+pub struct FlowLabels {
     pub src_namespace: String,
     pub src_workload: String,
     pub src_component: String,
     pub dst_namespace: String,
     pub dst_workload: String,
     pub dst_component: String,
+    /// The documented or learned name of an external destination; empty otherwise.
     pub dst_name: String,
     pub dst_scope: &'static str,
     pub dst_port: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    pub direction: &'static str,
+    #[prometheus(flatten)]
+    pub flow: FlowLabels,
     pub verdict: &'static str,
     pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UnexpectedLabels {
-    pub src_namespace: String,
-    pub src_workload: String,
-    pub src_component: String,
-    pub dst_namespace: String,
-    pub dst_workload: String,
-    pub dst_component: String,
-    pub dst_name: String,
-    pub dst_scope: &'static str,
-    pub dst_port: String,
+    #[prometheus(flatten)]
+    pub flow: FlowLabels,
     pub reason: &'static str,
     pub outcome: &'static str,
 }
@@ -300,11 +300,7 @@ impl Metrics {
         };
         let scope = r.dst.scope.map_or("", |s| s.name());
         let port = r.dst.port.map(|p| p.to_string()).unwrap_or_default();
-        let labels = ConnectionLabels {
-            direction: match r.direction {
-                Direction::Egress => "egress",
-                Direction::Ingress => "ingress",
-            },
+        let flow = FlowLabels {
             src_namespace: or_empty(r.src.namespace.as_ref()),
             src_workload: workload(&r.src.workload),
             src_component: or_empty(r.src.component.as_ref()),
@@ -314,35 +310,35 @@ impl Metrics {
             dst_name,
             dst_scope: scope,
             dst_port: port,
-            verdict: match r.verdict {
-                Some(Verdict::Expected) => "expected",
-                Some(Verdict::Unexpected) => "unexpected",
-                None => "",
-            },
-            reason: r.reason.map_or("", |x| x.name()),
         };
-        self.connections.get_or_create(&labels).inc_by(r.count);
+        let reason = r.reason.map_or("", |x| x.name());
         if r.verdict == Some(Verdict::Unexpected) {
             for o in Outcome::ALL {
                 let n = r.outcomes.get(o);
                 if n > 0 {
                     let u = UnexpectedLabels {
-                        src_namespace: labels.src_namespace.clone(),
-                        src_workload: labels.src_workload.clone(),
-                        src_component: labels.src_component.clone(),
-                        dst_namespace: labels.dst_namespace.clone(),
-                        dst_workload: labels.dst_workload.clone(),
-                        dst_component: labels.dst_component.clone(),
-                        dst_name: labels.dst_name.clone(),
-                        dst_scope: labels.dst_scope,
-                        dst_port: labels.dst_port.clone(),
-                        reason: labels.reason,
+                        flow: flow.clone(),
+                        reason,
                         outcome: o.name(),
                     };
                     self.unexpected.get_or_create(&u).inc_by(n);
                 }
             }
         }
+        let labels = ConnectionLabels {
+            direction: match r.direction {
+                Direction::Egress => "egress",
+                Direction::Ingress => "ingress",
+            },
+            flow,
+            verdict: match r.verdict {
+                Some(Verdict::Expected) => "expected",
+                Some(Verdict::Unexpected) => "unexpected",
+                None => "",
+            },
+            reason,
+        };
+        self.connections.get_or_create(&labels).inc_by(r.count);
     }
 
     /// Mirrors the reload counters and the model in force.

@@ -98,5 +98,24 @@ fn the_demo_judges_every_documented_flow_expected_and_catches_exactly_the_undocu
             "each flow was driven with 3 connections: {e}"
         );
     }
+    // The undocumented egress is on /metrics for the alert, named by the name the pod used.
+    let metrics = std::fs::read_to_string(out.join("metrics.txt")).expect("metrics.txt");
+    let egress: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("observer_unexpected_connections_total{")
+                && l.contains(r#"dst_scope="external""#)
+        })
+        .collect();
+    assert_eq!(egress.len(), 1, "{egress:?}");
+    assert!(
+        egress[0].contains(r#"src_workload="graph-gateway""#)
+            && egress[0].contains(r#"dst_name="paste.example.net""#)
+    );
+    assert!(
+        egress[0].contains(r#"reason="unknown-destination""#) && egress[0].ends_with("} 3"),
+        "{}",
+        egress[0]
+    );
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -380,6 +380,8 @@ pub fn run(root: &Path, opts: &DemoOptions, interrupted: Arc<AtomicBool>) -> Res
         });
     }
 
+    // Let the agent's next poll (200 ms) pick up the last flows before anything is read back.
+    std::thread::sleep(Duration::from_secs(1));
     let until = Instant::now() + opts.linger;
     if !opts.linger.is_zero() {
         println!(
