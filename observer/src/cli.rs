@@ -72,6 +72,10 @@ pub struct RunArgs {
     /// Where to write the flow log (JSON Lines, appended); `-` for stdout.
     #[arg(long, default_value = "-")]
     pub flow_log: PathBuf,
+    /// Rotate the flow log file past this size: it becomes PATH.1 (replacing the previous one)
+    /// and a new file starts; 0 never rotates.
+    #[arg(long, default_value_t = 0)]
+    pub flow_log_max_bytes: u64,
     /// How often every changed flow gets a record (new flows are logged sooner, within --poll-interval).
     #[arg(long, default_value = "5s", value_parser = duration)]
     pub flush_interval: Duration,

@@ -121,6 +121,7 @@ fn run_command(args: RunArgs) -> ExitCode {
         hold: args.hold,
         ingress: args.ingress,
         flow_log: args.flow_log,
+        flow_log_max_bytes: args.flow_log_max_bytes,
         flush_interval: args.flush_interval,
         poll_interval: args.poll_interval,
         idle_timeout: args.idle_timeout,

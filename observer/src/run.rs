@@ -59,6 +59,7 @@ pub struct RunOptions {
     pub hold: Duration,
     pub ingress: IngressMode,
     pub flow_log: PathBuf,
+    pub flow_log_max_bytes: u64,
     pub flush_interval: Duration,
     pub poll_interval: Duration,
     pub idle_timeout: Duration,
@@ -146,9 +147,11 @@ struct Agent {
 
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let capture = Capture::start(opts.map_sizes)?;
-    let log = FlowLog::open(&opts.flow_log).map_err(|source| RunError::FlowLog {
-        path: opts.flow_log.clone(),
-        source,
+    let log = FlowLog::open(&opts.flow_log, opts.flow_log_max_bytes).map_err(|source| {
+        RunError::FlowLog {
+            path: opts.flow_log.clone(),
+            source,
+        }
     })?;
     let health = Arc::new(Health::new());
     let listener = TcpListener::bind(opts.metrics_addr)

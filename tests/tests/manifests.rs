@@ -398,6 +398,8 @@ fn agent_arguments_environment_probes_and_resources() {
             "/etc/observer/architecture/trackunit.yaml",
             "--flow-log",
             "/var/log/observer/flows.jsonl",
+            "--flow-log-max-bytes",
+            "100000000",
             "--metrics-addr",
             "0.0.0.0:9464",
             "--host-proc",
