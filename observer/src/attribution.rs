@@ -37,6 +37,9 @@ pub struct Attributor {
     /// sockets of that namespace; names the pod behind loopback connections.
     netns_pods: HashMap<u32, PodEnd>,
     pub host_netns: Option<u32>,
+    /// Whether processes' cgroups on this machine can be consulted (not when re-judging a log
+    /// recorded elsewhere).
+    live: bool,
 }
 
 impl Attributor {
@@ -45,6 +48,18 @@ impl Attributor {
             cgroups: CgroupResolver::new(),
             netns_pods: HashMap::new(),
             host_netns,
+            live: true,
+        }
+    }
+
+    /// For records read back from a flow log: the cgroups and namespaces they name belong to
+    /// the node that recorded them, so no port-forward is inferred from this machine's.
+    pub fn offline() -> Attributor {
+        Attributor {
+            cgroups: CgroupResolver::at(None),
+            netns_pods: HashMap::new(),
+            host_netns: None,
+            live: false,
         }
     }
 
@@ -105,7 +120,8 @@ impl Attributor {
         }
         // A loopback connection into a pod by a task outside every pod: the container runtime
         // serving a port-forward (its initiator is not visible on the node).
-        if record.dst.scope == Some(Scope::Local)
+        if self.live
+            && record.dst.scope == Some(Scope::Local)
             && Some(record.netns) != self.host_netns
             && let Some(p) = &record.process
             && self.cgroups.owner(p.cgroup_id) == CgroupOwner::Host

@@ -71,7 +71,7 @@ fn check(args: &CheckArgs) -> Result<bool, String> {
         records.extend(read_flow_log(path)?);
     }
     let snapshot = index.snapshot();
-    let mut attributor = Attributor::new(None);
+    let mut attributor = Attributor::offline();
     // (verdict, reason or rule, src, dst, port) -> connections
     let mut table: BTreeMap<(String, String, String, String, u16), u64> = BTreeMap::new();
     let mut unexpected = false;

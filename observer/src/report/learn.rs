@@ -40,8 +40,8 @@ use crate::architecture::{
 pub struct LearnOptions {
     /// `--flow-log FILE` (repeatable): the observed traffic.
     pub flow_logs: Vec<PathBuf>,
-    /// `--inventory FILE`: accepted, not read yet (needs the Kubernetes index); the draft's
-    /// selectors are guessed from workload names and marked for review.
+    /// `--inventory FILE`: components take the labels their pods carry there as selectors;
+    /// without it, selectors are guessed from workload names and marked for review.
     pub inventory: Option<PathBuf>,
     /// `--output FILE`; default stdout.
     pub output: Option<PathBuf>,
@@ -91,13 +91,10 @@ fn learn(opts: &LearnOptions, err: &mut dyn Write) -> Result<Draft, InputError> 
             "nothing to learn from: give --flow-log FILE (repeatable)".into(),
         ));
     }
-    if let Some(inv) = &opts.inventory {
-        let _ = writeln!(
-            err,
-            "note: --inventory {} is not read yet (it needs the Kubernetes index); selectors are guessed from workload names and marked # REVIEW",
-            inv.display()
-        );
-    }
+    let selectors = match &opts.inventory {
+        Some(inv) => selectors_from_inventory(inv).map_err(InputError)?,
+        None => Selectors::new(),
+    };
     let logs = read_flow_logs(&opts.flow_logs, err)?;
     if logs.records.is_empty() {
         return Err(InputError(format!(
@@ -120,13 +117,14 @@ fn learn(opts: &LearnOptions, err: &mut dyn Write) -> Result<Draft, InputError> 
             logs.stats.corrupt_lines
         ));
     }
-    if opts.inventory.is_some() {
-        header.push(
-            "REVIEW: --inventory was given but is not read yet; selectors are guesses from workload names".into(),
-        );
+    if let Some(inv) = &opts.inventory {
+        header.push(format!(
+            "selectors from the pods' labels in {}",
+            inv.display()
+        ));
     }
     let name = opts.name.clone().unwrap_or_else(|| "learned".to_owned());
-    let draft = draft(&logs.records, &name, &header);
+    let draft = draft_with(&logs.records, &name, &header, &selectors);
     // The draft must be a model the agent accepts; anything else is a bug here, reported as such.
     Architecture::from_yaml(&draft.yaml, "the learned draft").map_err(|e| {
         InputError(format!(
@@ -244,6 +242,9 @@ struct Learner {
     by_workload: BTreeMap<(String, String), String>,
     externals: BTreeMap<String, LExternal>,
     flows: BTreeMap<(String, String, u16), LFlow>,
+    /// Port-forwards into a component, by port: the agent records them as loopback connections
+    /// inside the destination pod whose source (the container runtime) it leaves unnamed.
+    port_forwards: BTreeMap<(String, u16), u64>,
     left_out: Vec<String>,
     local: u64,
 }
@@ -385,7 +386,64 @@ impl Learner {
 }
 
 /// The draft for `records`; `header` lines open the file as comments.
+/// Pod labels by (namespace, workload name), from an inventory: the labels every pod of the
+/// workload carries, without the per-pod and per-revision ones.
+pub type Selectors = BTreeMap<(String, String), BTreeMap<String, String>>;
+
+/// Labels Kubernetes sets per revision or per pod: never part of a component's selector.
+const VOLATILE_LABELS: [&str; 6] = [
+    "pod-template-hash",
+    "controller-revision-hash",
+    "pod-template-generation",
+    "statefulset.kubernetes.io/pod-name",
+    "apps.kubernetes.io/pod-index",
+    "batch.kubernetes.io/controller-uid",
+];
+
+/// The common, stable labels of each workload's pods in an inventory file.
+pub fn selectors_from_inventory(path: &std::path::Path) -> Result<Selectors, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read inventory {}: {e}", path.display()))?;
+    let objects = crate::inventory::offline::parse(path, &text).map_err(|e| e.to_string())?;
+    let mut out: Selectors = BTreeMap::new();
+    for pod in &objects.pods {
+        let meta = &pod.metadata;
+        let (Some(ns), Some(name)) = (&meta.namespace, &meta.name) else {
+            continue;
+        };
+        let labels: BTreeMap<String, String> = meta
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| {
+                !VOLATILE_LABELS.contains(&k.as_str()) && !k.starts_with("batch.kubernetes.io/")
+            })
+            .collect();
+        let workload = crate::inventory::index::resolve_workload(
+            name,
+            &meta.labels.clone().unwrap_or_default(),
+            meta.owner_references.as_deref().unwrap_or_default(),
+        );
+        out.entry((ns.clone(), workload.name))
+            .and_modify(|common| common.retain(|k, v| labels.get(k) == Some(v)))
+            .or_insert(labels);
+    }
+    out.retain(|_, labels| !labels.is_empty());
+    Ok(out)
+}
+
 pub fn draft(records: &[FlowRecord], name: &str, header: &[String]) -> Draft {
+    draft_with(records, name, header, &Selectors::new())
+}
+
+/// A draft whose components take their selectors from `selectors` where it knows the workload.
+pub fn draft_with(
+    records: &[FlowRecord],
+    name: &str,
+    header: &[String],
+    selectors: &Selectors,
+) -> Draft {
     let mut l = Learner {
         components: BTreeMap::new(),
         by_workload: BTreeMap::new(),
@@ -393,6 +451,7 @@ pub fn draft(records: &[FlowRecord], name: &str, header: &[String]) -> Draft {
         flows: BTreeMap::new(),
         left_out: vec![],
         local: 0,
+        port_forwards: BTreeMap::new(),
     };
     let mut left_out = 0;
     // Components the agent named first, so derived names steer clear of them.
@@ -417,6 +476,13 @@ pub fn draft(records: &[FlowRecord], name: &str, header: &[String]) -> Draft {
                 .any(|k| egress.contains(k));
         first = Some(first.map_or(r.first_seen, |f| f.min(r.first_seen)));
         last = Some(last.map_or(r.last_seen, |x| x.max(r.last_seen)));
+        if r.dst.scope == Some(Scope::Local)
+            && r.src.component.is_none()
+            && let (Some(to), Some(port)) = (&r.dst.component, r.dst.port)
+        {
+            *l.port_forwards.entry((to.clone(), port)).or_default() += r.count;
+            continue;
+        }
         if r.dst.scope == Some(Scope::Local) {
             l.local += r.count;
             left_out += 1;
@@ -500,6 +566,13 @@ pub fn draft(records: &[FlowRecord], name: &str, header: &[String]) -> Draft {
             q(&c.namespace)
         ));
         let wls: Vec<&str> = c.workloads.iter().map(String::as_str).collect();
+        if let Some(labels) = selectors.get(&(c.namespace.clone(), c.selector_name.clone())) {
+            y.push_str("    # REVIEW: selector: the labels every pod of the workload carries in the inventory.\n    selector:\n");
+            for (k, v) in labels {
+                y.push_str(&format!("      {}: {}\n", q(k), q(v)));
+            }
+            continue;
+        }
         if c.from_agent {
             y.push_str(&format!(
                 "    # REVIEW: named by the agent's attribution{}; records carry no pod labels, so the\n    # selector below is the default guess: write the labels its pods really carry.\n",
@@ -584,6 +657,19 @@ pub fn draft(records: &[FlowRecord], name: &str, header: &[String]) -> Draft {
         y.push_str(&format!(
             "  - from: {}\n    to: {}\n    ports: [{port}]\n",
             q(from),
+            q(to)
+        ));
+    }
+    for ((to, port), n) in &l.port_forwards {
+        if !l.components.contains_key(to) {
+            continue;
+        }
+        y.push_str(&format!(
+            "  # {} port-forwarded into {to} (the initiator is not visible on the node)\n  # REVIEW: port-forwarding bypasses network policy: keep it only if it is meant to happen.\n",
+            plural(*n, "connection", "connections")
+        ));
+        y.push_str(&format!(
+            "  - from: \"*\"\n    to: {}\n    ports: [{port}]\n    via: port-forward\n",
             q(to)
         ));
     }
