@@ -26,8 +26,12 @@ pub struct Health {
 
 impl Health {
     pub fn new() -> Health {
+        Health::with_metrics(Metrics::new())
+    }
+
+    pub fn with_metrics(metrics: Metrics) -> Health {
         Health {
-            metrics: Metrics::new(),
+            metrics,
             capturing: AtomicBool::new(false),
             inventory: std::sync::Mutex::new(None),
         }
@@ -88,11 +92,18 @@ fn route(path: &str, health: &Health) -> Response<Full<Bytes>> {
                 )
             }
         }
-        "/metrics" => respond(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            health.metrics.encode(),
-        ),
+        "/metrics" => {
+            // Values that are states, not events: mirrored at scrape time.
+            health.metrics.ready.set(i64::from(health.readiness().0));
+            if let Some(status) = health.inventory_status() {
+                health.metrics.observe_inventory(&status);
+            }
+            respond(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                health.metrics.encode(),
+            )
+        }
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",

@@ -25,9 +25,10 @@ use crate::{
     http::{self, Health},
     inventory::{self, IndexHandle, InventoryStatus, NodeAddresses},
     judge,
-    metrics::LossLabels,
+    metrics::{LossLabels, Metrics, SeriesLimits},
     names::HostNames,
     scope::Scoper,
+    traces::{TraceOptions, Traces},
 };
 
 /// Where the agent learns who is who.
@@ -68,6 +69,8 @@ pub struct RunOptions {
     pub scoper: Scoper,
     pub host_proc: PathBuf,
     pub map_sizes: MapSizes,
+    pub series_limits: SeriesLimits,
+    pub traces: TraceOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +145,7 @@ struct Agent {
     index: Option<IndexHandle>,
     names: Arc<Mutex<HostNames>>,
     held: VecDeque<Held>,
+    traces: Traces,
 }
 
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
@@ -150,7 +154,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         path: opts.flow_log.clone(),
         source,
     })?;
-    let health = Arc::new(Health::new());
+    let health = Arc::new(Health::with_metrics(Metrics::with_limits(
+        opts.series_limits,
+    )));
     let listener = TcpListener::bind(opts.metrics_addr)
         .await
         .map_err(|source| RunError::Listen {
@@ -236,6 +242,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         index,
         names,
         held: VecDeque::new(),
+        traces: Traces::start(&opts.traces, health.clone()),
         opts,
     };
     agent.record_preexisting();
@@ -433,6 +440,7 @@ impl Agent {
             return;
         }
         self.health.metrics.observe_record(&record);
+        self.traces.observe(&record);
         match self.log.write(&record) {
             Ok(()) => {
                 self.health.metrics.flow_records.inc();
