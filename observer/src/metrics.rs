@@ -162,7 +162,8 @@ pub struct Metrics {
     pub kernel_recursion_misses: Counter,
     /// The kernel's own statistics of the program (run time only while kernel.bpf_stats_enabled=1).
     pub kernel_program_runs: Counter,
-    pub kernel_program_run_time_ns: Counter,
+    /// Seconds (Prometheus base unit), from the kernel's nanoseconds.
+    pub kernel_program_run_time: Counter<f64, std::sync::atomic::AtomicU64>,
     pub flow_records: Counter,
     pub new_flow_hints: Counter,
     pub map_scans: Counter,
@@ -211,7 +212,7 @@ impl Metrics {
             unexpected: Family::default(),
             kernel_recursion_misses: Counter::default(),
             kernel_program_runs: Counter::default(),
-            kernel_program_run_time_ns: Counter::default(),
+            kernel_program_run_time: Counter::default(),
             flow_records: Counter::default(),
             new_flow_hints: Counter::default(),
             map_scans: Counter::default(),
@@ -278,9 +279,9 @@ impl Metrics {
             m.kernel_program_runs.clone(),
         );
         r.register(
-            "kernel_program_run_time_nanoseconds",
+            "kernel_program_run_time_seconds",
             "Time spent in the kernel program (needs kernel.bpf_stats_enabled=1)",
-            m.kernel_program_run_time_ns.clone(),
+            m.kernel_program_run_time.clone(),
         );
         r.register(
             "flow_records",
@@ -538,12 +539,58 @@ impl Metrics {
         self.encode_without_expiry()
     }
 
+    /// The Prometheus text format (0.0.4), for clients that do not ask for OpenMetrics
+    /// (curl, `promtool check metrics`); Prometheus itself asks for OpenMetrics.
+    pub fn encode_text(&self) -> String {
+        openmetrics_to_text(&self.encode())
+    }
+
     fn encode_without_expiry(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
     }
+}
+
+/// OpenMetrics to the Prometheus text format: a counter family is named with its `_total`
+/// suffix in `# HELP` and `# TYPE`, `unknown` is `untyped`, and `# EOF` goes. The samples are
+/// the same in both.
+pub fn openmetrics_to_text(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let tail = if prefix == "# TYPE " && tail == "unknown" {
+                    "untyped"
+                } else {
+                    tail
+                };
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{prefix}{name}{suffix} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 fn connection_labels(r: &FlowRecord) -> ConnectionLabels {
@@ -728,6 +775,15 @@ mod tests {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {name}"))
+    }
+
+    #[test]
+    fn the_text_format_names_counters_with_their_suffix() {
+        let om = "# HELP observer_flow_records Records.\n# TYPE observer_flow_records counter\nobserver_flow_records_total 3\n# HELP observer_ready Ready.\n# TYPE observer_ready gauge\nobserver_ready 1\n# EOF\n";
+        assert_eq!(
+            super::openmetrics_to_text(om),
+            "# HELP observer_flow_records_total Records.\n# TYPE observer_flow_records_total counter\nobserver_flow_records_total 3\n# HELP observer_ready Ready.\n# TYPE observer_ready gauge\nobserver_ready 1\n"
+        );
     }
 
     const SERIES_OVERFLOW: &str = "observer_agent_losses_total{kind=\"series_overflow\"}";

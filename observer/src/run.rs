@@ -338,10 +338,11 @@ impl Agent {
         );
         m.kernel_program_runs
             .inc_by(stats.run_count.saturating_sub(self.stats_seen.run_count));
-        m.kernel_program_run_time_ns.inc_by(
+        m.kernel_program_run_time.inc_by(
             stats
                 .run_time_ns
-                .saturating_sub(self.stats_seen.run_time_ns),
+                .saturating_sub(self.stats_seen.run_time_ns) as f64
+                / 1e9,
         );
         self.stats_seen = stats;
         if let Some((_, handle)) = &self.opts.model {
@@ -392,6 +393,11 @@ impl Agent {
     /// Attributes and judges `record`; holds it while the index does not know one of its
     /// cluster addresses (at most `--hold`), then writes it.
     fn finish(&mut self, mut record: FlowRecord, held_until: Option<Instant>) {
+        if self.left_to_source_node(&record) {
+            // Not reported here whatever its attribution: neither held nor counted unattributed.
+            self.emit(record);
+            return;
+        }
         let index = self.index.as_ref().map(IndexHandle::snapshot);
         let model = self.opts.model.as_ref().map(|(_, h)| h.current());
         let names = self.names.lock().map(|n| n.clone()).unwrap_or_default();
@@ -427,11 +433,16 @@ impl Agent {
         self.health.metrics.held.set(self.held.len() as i64);
     }
 
-    fn emit(&mut self, record: FlowRecord) {
-        if record.direction == Direction::Ingress
+    /// An accepted connection whose source is a pod or node of the cluster, with
+    /// `--ingress external`: the source's node reports it, as egress.
+    fn left_to_source_node(&self, record: &FlowRecord) -> bool {
+        record.direction == Direction::Ingress
             && self.opts.ingress == IngressMode::External
             && record.src.scope != Some(Scope::External)
-        {
+    }
+
+    fn emit(&mut self, record: FlowRecord) {
+        if self.left_to_source_node(&record) {
             // The source is a pod or node of the cluster: its own node reports it as egress.
             self.health
                 .metrics
