@@ -113,6 +113,28 @@ pub struct RunArgs {
     /// Capacity of the kernel's per-socket map (handshakes in progress at once).
     #[arg(long, default_value_t = 16_384)]
     pub socket_map_size: u32,
+    /// Most series of observer_connections_total and observer_unexpected_connections_total
+    /// together; past it, new label sets are counted in `_overflow` series and in
+    /// observer_agent_losses_total{kind="series_overflow"}.
+    #[arg(long, default_value_t = 5000)]
+    pub max_series: usize,
+    /// A flow series without a new connection for this long is removed (so are the series of
+    /// deleted workloads).
+    #[arg(long, default_value = "1h", value_parser = duration)]
+    pub series_ttl: Duration,
+    /// Export unexpected flows as OTLP traces to this collector (HTTP/protobuf base URL, e.g.
+    /// http://otel-collector:4318; /v1/traces is appended). Without it the standard
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT are used; with neither,
+    /// tracing is off. OTEL_TRACES_EXPORTER=none turns it off.
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
+    /// An unexpected flow makes a span when first seen, then at most once per this interval.
+    #[arg(long, default_value = "10m", value_parser = duration)]
+    pub trace_resighting_interval: Duration,
+    /// Spans waiting for export, at most; past it spans are dropped and their connections
+    /// counted in observer_agent_losses_total{kind="export_queue_full"}.
+    #[arg(long, default_value_t = 4096)]
+    pub trace_queue_size: usize,
     /// Size of the new-flow ring buffer in bytes (a power of two, a multiple of the page size).
     #[arg(long, default_value_t = 256 * 1024)]
     pub ring_bytes: u32,

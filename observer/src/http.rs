@@ -26,8 +26,12 @@ pub struct Health {
 
 impl Health {
     pub fn new() -> Health {
+        Health::with_metrics(Metrics::new())
+    }
+
+    pub fn with_metrics(metrics: Metrics) -> Health {
         Health {
-            metrics: Metrics::new(),
+            metrics,
             capturing: AtomicBool::new(false),
             inventory: std::sync::Mutex::new(None),
         }
@@ -74,7 +78,7 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
     r
 }
 
-fn route(path: &str, health: &Health) -> Response<Full<Bytes>> {
+fn route(path: &str, openmetrics: bool, health: &Health) -> Response<Full<Bytes>> {
     match path {
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
@@ -88,11 +92,26 @@ fn route(path: &str, health: &Health) -> Response<Full<Bytes>> {
                 )
             }
         }
-        "/metrics" => respond(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            health.metrics.encode(),
-        ),
+        "/metrics" => {
+            // Values that are states, not events: mirrored at scrape time.
+            health.metrics.ready.set(i64::from(health.readiness().0));
+            if let Some(status) = health.inventory_status() {
+                health.metrics.observe_inventory(&status);
+            }
+            if openmetrics {
+                respond(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    health.metrics.encode(),
+                )
+            } else {
+                respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    health.metrics.encode_text(),
+                )
+            }
+        }
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
@@ -110,7 +129,16 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>) {
         let health = health.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let resp = route(req.uri().path(), &health);
+                // OpenMetrics when asked for (Prometheus asks), else the classic text format.
+                let openmetrics = req
+                    .headers()
+                    .get_all(hyper::header::ACCEPT)
+                    .iter()
+                    .any(|v| {
+                        v.to_str()
+                            .is_ok_and(|v| v.contains("application/openmetrics-text"))
+                    });
+                let resp = route(req.uri().path(), openmetrics, &health);
                 async move { Ok::<_, Infallible>(resp) }
             });
             let _ = http1::Builder::new()

@@ -15,3 +15,4 @@ pub mod names;
 pub mod report;
 pub mod run;
 pub mod scope;
+pub mod traces;

@@ -127,13 +127,23 @@ fn run_command(args: RunArgs) -> ExitCode {
         idle_timeout: args.idle_timeout,
         duration: args.duration,
         metrics_addr: args.metrics_addr,
-        node: args.node,
+        node: args.node.clone(),
         scoper,
         host_proc: args.host_proc,
         map_sizes: MapSizes {
             flows: args.flow_map_size,
             sockets: args.socket_map_size,
             ring_bytes: args.ring_bytes,
+        },
+        series_limits: observer::metrics::SeriesLimits {
+            max_series: args.max_series,
+            ttl: args.series_ttl,
+        },
+        traces: observer::traces::TraceOptions {
+            endpoint: args.otlp_endpoint,
+            resighting_interval: args.trace_resighting_interval,
+            queue: args.trace_queue_size,
+            node: args.node.clone(),
         },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

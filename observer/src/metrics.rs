@@ -2,8 +2,21 @@
 //!
 //! Labels are at workload level, never pod names, addresses or ephemeral ports; an external
 //! destination is labelled by its documented or learned name, else by its scope alone.
+//!
+//! Cardinality is bounded: the flow families (`observer_connections_total` and
+//! `observer_unexpected_connections_total`) hold at most `max_series` label sets between them.
+//! Past the cap a new label set goes to an overflow series instead, whose workload, component,
+//! name and port labels are all `_overflow` (direction, scope, verdict, reason and outcome are
+//! kept, so alerts on unexpected egress still fire), and every connection counted there is
+//! also counted in `observer_agent_losses_total{kind="series_overflow"}`. A series not
+//! incremented for `series_ttl` is removed, which is how the series of deleted workloads go:
+//! the agent does not track workload deletions for metrics, only quiet series.
 
-use std::sync::Mutex;
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use observer_common::{
     Outcome,
@@ -29,36 +42,42 @@ pub struct AgentLossLabels {
     pub kind: &'static str,
 }
 
-/// Who talked to whom, at workload level: the labels both connection counters share.
+/// One end pair of a flow, as labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FlowLabels {
+pub struct ConnectionLabels {
+    pub direction: &'static str,
     pub src_namespace: String,
     pub src_workload: String,
     pub src_component: String,
     pub dst_namespace: String,
     pub dst_workload: String,
     pub dst_component: String,
-    /// The documented or learned name of an external destination; empty otherwise.
     pub dst_name: String,
     pub dst_scope: &'static str,
     pub dst_port: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ConnectionLabels {
-    pub direction: &'static str,
-    #[prometheus(flatten)]
-    pub flow: FlowLabels,
     pub verdict: &'static str,
     pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UnexpectedLabels {
-    #[prometheus(flatten)]
-    pub flow: FlowLabels,
+    pub src_namespace: String,
+    pub src_workload: String,
+    pub src_component: String,
+    pub dst_namespace: String,
+    pub dst_workload: String,
+    pub dst_component: String,
+    pub dst_name: String,
+    pub dst_scope: &'static str,
+    pub dst_port: String,
     pub reason: &'static str,
     pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpanLabels {
+    /// `exported`, `failed` (the collector refused it or could not be reached) or `queue_full`.
+    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -83,8 +102,56 @@ pub struct BuildLabels {
     pub version: &'static str,
 }
 
+/// The label value of every label an overflow series does not keep.
+pub const OVERFLOW: &str = "_overflow";
+
+/// Bounds on the flow families' series.
+#[derive(Clone, Copy, Debug)]
+pub struct SeriesLimits {
+    /// Label sets of `observer_connections_total` and `observer_unexpected_connections_total`
+    /// together, overflow series not included.
+    pub max_series: usize,
+    /// A series not incremented for this long is removed.
+    pub ttl: Duration,
+}
+
+impl Default for SeriesLimits {
+    fn default() -> Self {
+        SeriesLimits {
+            max_series: 5000,
+            ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// When each live flow series was last incremented.
+#[derive(Default)]
+struct SeriesBook {
+    connections: HashMap<ConnectionLabels, Instant>,
+    unexpected: HashMap<UnexpectedLabels, Instant>,
+    /// Overflow series created so far (they are never removed).
+    overflow_series: usize,
+    last_sweep: Option<Instant>,
+}
+
+impl SeriesBook {
+    fn len(&self) -> usize {
+        self.connections.len() + self.unexpected.len()
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    limits: SeriesLimits,
+    series: Mutex<SeriesBook>,
+    /// Records of unexpected flows that made no span: the flow had one within the interval.
+    pub traces_suppressed: Counter,
+    /// Spans of unexpected flows, by what became of them.
+    pub trace_spans: Family<SpanLabels, Counter>,
+    /// Flow series currently exported (overflow series included).
+    pub flow_series: Gauge,
+    /// Flow series removed after `series_ttl` without an increment.
+    pub series_expired: Counter,
     /// Every count the kernel program could not record, by cause (see `observer_common::loss`).
     pub kernel_losses: Family<LossLabels, Counter>,
     /// Every count the agent could not export as it should, by cause.
@@ -95,7 +162,8 @@ pub struct Metrics {
     pub kernel_recursion_misses: Counter,
     /// The kernel's own statistics of the program (run time only while kernel.bpf_stats_enabled=1).
     pub kernel_program_runs: Counter,
-    pub kernel_program_run_time_ns: Counter,
+    /// Seconds (Prometheus base unit), from the kernel's nanoseconds.
+    pub kernel_program_run_time: Counter<f64, std::sync::atomic::AtomicU64>,
     pub flow_records: Counter,
     pub new_flow_hints: Counter,
     pub map_scans: Counter,
@@ -125,16 +193,26 @@ fn or_empty(s: Option<&String>) -> String {
 
 impl Metrics {
     pub fn new() -> Metrics {
+        Metrics::with_limits(SeriesLimits::default())
+    }
+
+    pub fn with_limits(limits: SeriesLimits) -> Metrics {
         let mut r = Registry::with_prefix("observer");
         let m = Metrics {
             registry: Registry::default(),
+            limits,
+            series: Mutex::new(SeriesBook::default()),
+            flow_series: Gauge::default(),
+            series_expired: Counter::default(),
+            traces_suppressed: Counter::default(),
+            trace_spans: Family::default(),
             kernel_losses: Family::default(),
             agent_losses: Family::default(),
             connections: Family::default(),
             unexpected: Family::default(),
             kernel_recursion_misses: Counter::default(),
             kernel_program_runs: Counter::default(),
-            kernel_program_run_time_ns: Counter::default(),
+            kernel_program_run_time: Counter::default(),
             flow_records: Counter::default(),
             new_flow_hints: Counter::default(),
             map_scans: Counter::default(),
@@ -161,6 +239,26 @@ impl Metrics {
             m.unexpected.clone(),
         );
         r.register(
+            "flow_series",
+            "Series of observer_connections_total and observer_unexpected_connections_total now exported, overflow series included",
+            m.flow_series.clone(),
+        );
+        r.register(
+            "flow_series_expired",
+            "Flow series removed after --series-ttl without a new connection",
+            m.series_expired.clone(),
+        );
+        r.register(
+            "traces_suppressed",
+            "Records of unexpected flows that made no span because the flow had one within --trace-resighting-interval",
+            m.traces_suppressed.clone(),
+        );
+        r.register(
+            "trace_spans",
+            "Spans of unexpected flows: exported, failed (export refused or collector unreachable) or queue_full (dropped before export)",
+            m.trace_spans.clone(),
+        );
+        r.register(
             "kernel_losses",
             "Counts the kernel program could not record, by cause (ring_full loses only a hint: the agent rescans; start_not_seen is informational)",
             m.kernel_losses.clone(),
@@ -181,9 +279,9 @@ impl Metrics {
             m.kernel_program_runs.clone(),
         );
         r.register(
-            "kernel_program_run_time_nanoseconds",
+            "kernel_program_run_time_seconds",
             "Time spent in the kernel program (needs kernel.bpf_stats_enabled=1)",
-            m.kernel_program_run_time_ns.clone(),
+            m.kernel_program_run_time.clone(),
         );
         r.register(
             "flow_records",
@@ -270,6 +368,11 @@ impl Metrics {
                 })
                 .inc_by(0);
         }
+        for result in ["exported", "failed", "queue_full"] {
+            m.trace_spans
+                .get_or_create(&SpanLabels { result })
+                .inc_by(0);
+        }
         for kind in AGENT_LOSS_KINDS {
             m.agent_losses
                 .get_or_create(&AgentLossLabels { kind })
@@ -284,61 +387,113 @@ impl Metrics {
             .inc_by(n);
     }
 
+    pub fn span(&self, result: &'static str, n: u64) {
+        self.trace_spans
+            .get_or_create(&SpanLabels { result })
+            .inc_by(n);
+    }
+
     /// Counts a written record.
     pub fn observe_record(&self, r: &FlowRecord) {
-        let dst_name = match r.dst.scope {
-            Some(observer_common::record::Scope::External) => r
-                .dst
-                .component
-                .clone()
-                .or_else(|| r.dst.host.clone())
-                .unwrap_or_default(),
-            _ => String::new(),
+        self.observe_record_at(r, Instant::now());
+    }
+
+    /// Counts a written record at `now` (tests pass their own clock).
+    pub fn observe_record_at(&self, r: &FlowRecord, now: Instant) {
+        let labels = connection_labels(r);
+        let mut book = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        self.sweep(&mut book, now);
+        let mut overflowed = 0;
+        let conn = if let Some(seen) = book.connections.get_mut(&labels) {
+            *seen = now;
+            labels.clone()
+        } else if book.len() < self.limits.max_series {
+            book.connections.insert(labels.clone(), now);
+            labels.clone()
+        } else {
+            overflowed = r.count;
+            let o = labels.overflow();
+            if self.connections.get(&o).is_none() {
+                book.overflow_series += 1;
+            }
+            o
         };
-        let workload = |w: &Option<observer_common::record::Workload>| {
-            w.as_ref().map(|w| w.name.clone()).unwrap_or_default()
-        };
-        let scope = r.dst.scope.map_or("", |s| s.name());
-        let port = r.dst.port.map(|p| p.to_string()).unwrap_or_default();
-        let flow = FlowLabels {
-            src_namespace: or_empty(r.src.namespace.as_ref()),
-            src_workload: workload(&r.src.workload),
-            src_component: or_empty(r.src.component.as_ref()),
-            dst_namespace: or_empty(r.dst.namespace.as_ref()),
-            dst_workload: workload(&r.dst.workload),
-            dst_component: or_empty(r.dst.component.as_ref()),
-            dst_name,
-            dst_scope: scope,
-            dst_port: port,
-        };
-        let reason = r.reason.map_or("", |x| x.name());
+        self.connections.get_or_create(&conn).inc_by(r.count);
         if r.verdict == Some(Verdict::Unexpected) {
+            let mut overflowed_outcomes = 0;
             for o in Outcome::ALL {
                 let n = r.outcomes.get(o);
-                if n > 0 {
-                    let u = UnexpectedLabels {
-                        flow: flow.clone(),
-                        reason,
-                        outcome: o.name(),
-                    };
-                    self.unexpected.get_or_create(&u).inc_by(n);
+                if n == 0 {
+                    continue;
                 }
+                let u = labels.unexpected(o.name());
+                let u = if let Some(seen) = book.unexpected.get_mut(&u) {
+                    *seen = now;
+                    u
+                } else if book.len() < self.limits.max_series {
+                    book.unexpected.insert(u.clone(), now);
+                    u
+                } else {
+                    overflowed_outcomes += n;
+                    let o = u.overflow();
+                    if self.unexpected.get(&o).is_none() {
+                        book.overflow_series += 1;
+                    }
+                    o
+                };
+                self.unexpected.get_or_create(&u).inc_by(n);
+            }
+            // Each connection is counted once, whichever of its series overflowed.
+            if overflowed == 0 {
+                overflowed = overflowed_outcomes;
             }
         }
-        let labels = ConnectionLabels {
-            direction: match r.direction {
-                Direction::Egress => "egress",
-                Direction::Ingress => "ingress",
-            },
-            flow,
-            verdict: match r.verdict {
-                Some(Verdict::Expected) => "expected",
-                Some(Verdict::Unexpected) => "unexpected",
-                None => "",
-            },
-            reason,
-        };
-        self.connections.get_or_create(&labels).inc_by(r.count);
+        if overflowed > 0 {
+            self.agent_loss("series_overflow", overflowed);
+        }
+        self.flow_series
+            .set((book.len() + book.overflow_series) as i64);
+    }
+
+    /// Removes the flow series not incremented for the TTL (at most once per TTL/4, or a
+    /// minute, whichever is shorter). Overflow series are bounded and never expire.
+    fn sweep(&self, book: &mut SeriesBook, now: Instant) {
+        let every = (self.limits.ttl / 4).min(Duration::from_secs(60));
+        if book
+            .last_sweep
+            .is_some_and(|t| now.saturating_duration_since(t) < every)
+        {
+            return;
+        }
+        book.last_sweep = Some(now);
+        let ttl = self.limits.ttl;
+        let fresh = |seen: &Instant| now.saturating_duration_since(*seen) < ttl;
+        let mut expired = 0;
+        book.connections.retain(|l, seen| {
+            let keep = fresh(seen);
+            if !keep {
+                self.connections.remove(l);
+                expired += 1;
+            }
+            keep
+        });
+        book.unexpected.retain(|l, seen| {
+            let keep = fresh(seen);
+            if !keep {
+                self.unexpected.remove(l);
+                expired += 1;
+            }
+            keep
+        });
+        self.series_expired.inc_by(expired);
+    }
+
+    /// Expires quiet series now (called at scrape time too, so they go without new records).
+    pub fn expire_series_at(&self, now: Instant) {
+        let mut book = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        self.sweep(&mut book, now);
+        self.flow_series
+            .set((book.len() + book.overflow_series) as i64);
     }
 
     /// Mirrors the reload counters and the model in force.
@@ -380,6 +535,17 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
+        self.expire_series_at(Instant::now());
+        self.encode_without_expiry()
+    }
+
+    /// The Prometheus text format (0.0.4), for clients that do not ask for OpenMetrics
+    /// (curl, `promtool check metrics`); Prometheus itself asks for OpenMetrics.
+    pub fn encode_text(&self) -> String {
+        openmetrics_to_text(&self.encode())
+    }
+
+    fn encode_without_expiry(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -387,8 +553,378 @@ impl Metrics {
     }
 }
 
+/// OpenMetrics to the Prometheus text format: a counter family is named with its `_total`
+/// suffix in `# HELP` and `# TYPE`, `unknown` is `untyped`, and `# EOF` goes. The samples are
+/// the same in both.
+pub fn openmetrics_to_text(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let tail = if prefix == "# TYPE " && tail == "unknown" {
+                    "untyped"
+                } else {
+                    tail
+                };
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{prefix}{name}{suffix} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+fn connection_labels(r: &FlowRecord) -> ConnectionLabels {
+    let dst_name = match r.dst.scope {
+        Some(observer_common::record::Scope::External) => r
+            .dst
+            .component
+            .clone()
+            .or_else(|| r.dst.host.clone())
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    let workload = |w: &Option<observer_common::record::Workload>| {
+        w.as_ref().map(|w| w.name.clone()).unwrap_or_default()
+    };
+    ConnectionLabels {
+        direction: match r.direction {
+            Direction::Egress => "egress",
+            Direction::Ingress => "ingress",
+        },
+        src_namespace: or_empty(r.src.namespace.as_ref()),
+        src_workload: workload(&r.src.workload),
+        src_component: or_empty(r.src.component.as_ref()),
+        dst_namespace: or_empty(r.dst.namespace.as_ref()),
+        dst_workload: workload(&r.dst.workload),
+        dst_component: or_empty(r.dst.component.as_ref()),
+        dst_name,
+        dst_scope: r.dst.scope.map_or("", |s| s.name()),
+        dst_port: r.dst.port.map(|p| p.to_string()).unwrap_or_default(),
+        verdict: match r.verdict {
+            Some(Verdict::Expected) => "expected",
+            Some(Verdict::Unexpected) => "unexpected",
+            None => "",
+        },
+        reason: r.reason.map_or("", |x| x.name()),
+    }
+}
+
+impl ConnectionLabels {
+    fn unexpected(&self, outcome: &'static str) -> UnexpectedLabels {
+        UnexpectedLabels {
+            src_namespace: self.src_namespace.clone(),
+            src_workload: self.src_workload.clone(),
+            src_component: self.src_component.clone(),
+            dst_namespace: self.dst_namespace.clone(),
+            dst_workload: self.dst_workload.clone(),
+            dst_component: self.dst_component.clone(),
+            dst_name: self.dst_name.clone(),
+            dst_scope: self.dst_scope,
+            dst_port: self.dst_port.clone(),
+            reason: self.reason,
+            outcome,
+        }
+    }
+
+    /// The overflow series of this label set: direction, scope, verdict and reason kept.
+    fn overflow(&self) -> ConnectionLabels {
+        let o = || OVERFLOW.to_owned();
+        ConnectionLabels {
+            direction: self.direction,
+            src_namespace: o(),
+            src_workload: o(),
+            src_component: o(),
+            dst_namespace: o(),
+            dst_workload: o(),
+            dst_component: o(),
+            dst_name: o(),
+            dst_scope: self.dst_scope,
+            dst_port: o(),
+            verdict: self.verdict,
+            reason: self.reason,
+        }
+    }
+}
+
+impl UnexpectedLabels {
+    /// The overflow series: scope, reason and outcome kept.
+    fn overflow(&self) -> UnexpectedLabels {
+        let o = || OVERFLOW.to_owned();
+        UnexpectedLabels {
+            src_namespace: o(),
+            src_workload: o(),
+            src_component: o(),
+            dst_namespace: o(),
+            dst_workload: o(),
+            dst_component: o(),
+            dst_name: o(),
+            dst_scope: self.dst_scope,
+            dst_port: o(),
+            reason: self.reason,
+            outcome: self.outcome,
+        }
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant, SystemTime};
+
+    use observer_common::record::{
+        Direction, Endpoint, FlowRecord, Outcomes, Protocol, Reason, Scope, Timestamp, Verdict,
+        Workload,
+    };
+
+    use super::{Metrics, OVERFLOW, SeriesLimits};
+
+    fn record(dst_workload: &str, scope: Scope, port: u16, outcomes: Outcomes) -> FlowRecord {
+        let unexpected = scope == Scope::External;
+        FlowRecord {
+            schema: 1,
+            node: "n".into(),
+            protocol: Protocol::Tcp,
+            direction: Direction::Egress,
+            count: outcomes.total(),
+            outcomes,
+            pre_existing: false,
+            first_seen: Timestamp(SystemTime::UNIX_EPOCH),
+            last_seen: Timestamp(SystemTime::UNIX_EPOCH),
+            netns: 1,
+            process: None,
+            src: Endpoint {
+                namespace: Some("shop".into()),
+                workload: Some(Workload {
+                    kind: "Deployment".into(),
+                    name: "web".into(),
+                }),
+                component: Some("web".into()),
+                scope: Some(Scope::Cluster),
+                ..Default::default()
+            },
+            dst: Endpoint {
+                namespace: (!unexpected).then(|| "shop".into()),
+                workload: (!unexpected).then(|| Workload {
+                    kind: "Deployment".into(),
+                    name: dst_workload.into(),
+                }),
+                port: Some(port),
+                scope: Some(scope),
+                ..Default::default()
+            },
+            verdict: Some(if unexpected {
+                Verdict::Unexpected
+            } else {
+                Verdict::Expected
+            }),
+            reason: unexpected.then_some(Reason::UnknownDestination),
+            rule: None,
+            model: None,
+        }
+    }
+
+    /// (labels, value) of every sample of `family` in the exposition.
+    fn samples(text: &str, family: &str) -> Vec<(String, f64)> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(family)?.strip_prefix('{'))
+            .map(|rest| {
+                let (labels, value) = rest.rsplit_once("} ").expect("sample");
+                (labels.to_owned(), value.parse().expect("value"))
+            })
+            .collect()
+    }
+
+    fn total(s: &[(String, f64)]) -> f64 {
+        s.iter().map(|(_, v)| v).sum()
+    }
+
+    fn overflowed(s: &[(String, f64)]) -> f64 {
+        let mark = format!("src_workload=\"{OVERFLOW}\"");
+        s.iter()
+            .filter(|(l, _)| l.contains(&mark))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    fn sample(text: &str, name: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name}"))
+    }
+
+    #[test]
+    fn the_text_format_names_counters_with_their_suffix() {
+        let om = "# HELP observer_flow_records Records.\n# TYPE observer_flow_records counter\nobserver_flow_records_total 3\n# HELP observer_ready Ready.\n# TYPE observer_ready gauge\nobserver_ready 1\n# EOF\n";
+        assert_eq!(
+            super::openmetrics_to_text(om),
+            "# HELP observer_flow_records_total Records.\n# TYPE observer_flow_records_total counter\nobserver_flow_records_total 3\n# HELP observer_ready Ready.\n# TYPE observer_ready gauge\nobserver_ready 1\n"
+        );
+    }
+
+    const SERIES_OVERFLOW: &str = "observer_agent_losses_total{kind=\"series_overflow\"}";
+
+    #[test]
+    fn thousands_of_destinations_stay_under_the_cap_and_every_overflowed_connection_is_counted() {
+        let m = Metrics::with_limits(SeriesLimits {
+            max_series: 100,
+            ttl: Duration::from_secs(3600),
+        });
+        let now = Instant::now();
+        // 3000 unexpected external flows on distinct ports, each one established and one
+        // refused connection: three series each (one connection series, two outcome series).
+        for port in 1..=3000 {
+            let o = Outcomes {
+                established: 1,
+                refused: 1,
+                ..Default::default()
+            };
+            m.observe_record_at(&record("", Scope::External, port, o), now);
+        }
+        // 2000 expected flows to distinct workloads, three connections each.
+        for i in 0..2000 {
+            let o = Outcomes {
+                established: 3,
+                ..Default::default()
+            };
+            m.observe_record_at(&record(&format!("db-{i}"), Scope::Cluster, 5432, o), now);
+        }
+        let text = m.encode();
+        let conns = samples(&text, "observer_connections_total");
+        let unexp = samples(&text, "observer_unexpected_connections_total");
+        // Flows 1..=33 take 99 series, flow 34 the 100th (its connection series); its two
+        // outcome series and everything after go to the overflow series: one for unexpected
+        // external connections, one per outcome, one for expected cluster connections.
+        assert_eq!(conns.len() - 2, 34);
+        assert_eq!(unexp.len() - 2, 66);
+        assert_eq!(sample(&text, "observer_flow_series "), 104.0);
+        assert_eq!(total(&conns), 6000.0 + 6000.0);
+        assert_eq!(total(&unexp), 6000.0);
+        // Past the cap: flow 34's two outcome connections, the 2966 later unexpected flows'
+        // two connections, and every expected connection (2000 × 3).
+        let lost = 2.0 + 2966.0 * 2.0 + 6000.0;
+        assert_eq!(sample(&text, SERIES_OVERFLOW), lost);
+        assert_eq!(overflowed(&conns), 2966.0 * 2.0 + 6000.0);
+        assert_eq!(overflowed(&unexp), 2.0 + 2966.0 * 2.0);
+        for (labels, _) in conns.iter().filter(|(l, _)| l.contains(OVERFLOW)) {
+            assert!(
+                labels.contains("dst_port=\"_overflow\"")
+                    && labels.contains("dst_workload=\"_overflow\"")
+                    && labels.contains("direction=\"egress\""),
+                "{labels}"
+            );
+        }
+        let external = conns
+            .iter()
+            .find(|(l, _)| l.contains(OVERFLOW) && l.contains("dst_scope=\"external\""))
+            .expect("external overflow series");
+        assert!(
+            external.0.contains("verdict=\"unexpected\"")
+                && external.0.contains("reason=\"unknown-destination\""),
+            "{}",
+            external.0
+        );
+    }
+
+    #[test]
+    fn existing_series_keep_counting_past_the_cap() {
+        let m = Metrics::with_limits(SeriesLimits {
+            max_series: 2,
+            ttl: Duration::from_secs(3600),
+        });
+        let now = Instant::now();
+        let one = || Outcomes {
+            established: 1,
+            ..Default::default()
+        };
+        for _ in 0..5 {
+            for w in ["a", "b", "c"] {
+                m.observe_record_at(&record(w, Scope::Cluster, 80, one()), now);
+            }
+        }
+        let text = m.encode();
+        let conns = samples(&text, "observer_connections_total");
+        let value = |w: &str| {
+            conns
+                .iter()
+                .find(|(l, _)| l.contains(&format!("dst_workload=\"{w}\"")))
+                .map(|(_, v)| *v)
+        };
+        assert_eq!(
+            (value("a"), value("b"), value("c")),
+            (Some(5.0), Some(5.0), None)
+        );
+        assert_eq!(overflowed(&conns), 5.0);
+        assert_eq!(sample(&text, SERIES_OVERFLOW), 5.0);
+    }
+
+    #[test]
+    fn quiet_series_expire_after_the_ttl_and_free_room_under_the_cap() {
+        let ttl = Duration::from_secs(60);
+        let m = Metrics::with_limits(SeriesLimits { max_series: 3, ttl });
+        let t0 = Instant::now();
+        let one = || Outcomes {
+            established: 1,
+            ..Default::default()
+        };
+        for w in ["a", "b", "c"] {
+            m.observe_record_at(&record(w, Scope::Cluster, 80, one()), t0);
+        }
+        // "c" is seen again half-way: it stays; "a" and "b" expire.
+        m.observe_record_at(
+            &record("c", Scope::Cluster, 80, one()),
+            t0 + Duration::from_secs(30),
+        );
+        m.observe_record_at(
+            &record("d", Scope::Cluster, 80, one()),
+            t0 + Duration::from_secs(61),
+        );
+        m.observe_record_at(
+            &record("e", Scope::Cluster, 80, one()),
+            t0 + Duration::from_secs(62),
+        );
+        m.expire_series_at(t0 + Duration::from_secs(62));
+        let text = m.encode_without_expiry();
+        let conns = samples(&text, "observer_connections_total");
+        let workloads: Vec<&str> = conns
+            .iter()
+            .map(|(l, _)| {
+                l.split("dst_workload=\"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .unwrap_or("")
+            })
+            .collect();
+        assert_eq!(workloads.len(), 3, "{text}");
+        for w in ["c", "d", "e"] {
+            assert!(workloads.contains(&w), "{workloads:?}");
+        }
+        assert_eq!(sample(&text, "observer_flow_series_expired_total"), 2.0);
+        assert_eq!(sample(&text, SERIES_OVERFLOW), 0.0);
+        assert_eq!(sample(&text, "observer_flow_series "), 3.0);
     }
 }

@@ -25,9 +25,10 @@ use crate::{
     http::{self, Health},
     inventory::{self, IndexHandle, InventoryStatus, NodeAddresses},
     judge,
-    metrics::LossLabels,
+    metrics::{LossLabels, Metrics, SeriesLimits},
     names::HostNames,
     scope::Scoper,
+    traces::{TraceOptions, Traces},
 };
 
 /// Where the agent learns who is who.
@@ -69,6 +70,8 @@ pub struct RunOptions {
     pub scoper: Scoper,
     pub host_proc: PathBuf,
     pub map_sizes: MapSizes,
+    pub series_limits: SeriesLimits,
+    pub traces: TraceOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +146,7 @@ struct Agent {
     index: Option<IndexHandle>,
     names: Arc<Mutex<HostNames>>,
     held: VecDeque<Held>,
+    traces: Traces,
 }
 
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
@@ -153,7 +157,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             source,
         }
     })?;
-    let health = Arc::new(Health::new());
+    let health = Arc::new(Health::with_metrics(Metrics::with_limits(
+        opts.series_limits,
+    )));
     let listener = TcpListener::bind(opts.metrics_addr)
         .await
         .map_err(|source| RunError::Listen {
@@ -239,6 +245,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         index,
         names,
         held: VecDeque::new(),
+        traces: Traces::start(&opts.traces, health.clone()),
         opts,
     };
     agent.record_preexisting();
@@ -334,10 +341,11 @@ impl Agent {
         );
         m.kernel_program_runs
             .inc_by(stats.run_count.saturating_sub(self.stats_seen.run_count));
-        m.kernel_program_run_time_ns.inc_by(
+        m.kernel_program_run_time.inc_by(
             stats
                 .run_time_ns
-                .saturating_sub(self.stats_seen.run_time_ns),
+                .saturating_sub(self.stats_seen.run_time_ns) as f64
+                / 1e9,
         );
         self.stats_seen = stats;
         if let Some((_, handle)) = &self.opts.model {
@@ -388,6 +396,11 @@ impl Agent {
     /// Attributes and judges `record`; holds it while the index does not know one of its
     /// cluster addresses (at most `--hold`), then writes it.
     fn finish(&mut self, mut record: FlowRecord, held_until: Option<Instant>) {
+        if self.left_to_source_node(&record) {
+            // Not reported here whatever its attribution: neither held nor counted unattributed.
+            self.emit(record);
+            return;
+        }
         let index = self.index.as_ref().map(IndexHandle::snapshot);
         let model = self.opts.model.as_ref().map(|(_, h)| h.current());
         let names = self.names.lock().map(|n| n.clone()).unwrap_or_default();
@@ -423,11 +436,16 @@ impl Agent {
         self.health.metrics.held.set(self.held.len() as i64);
     }
 
-    fn emit(&mut self, record: FlowRecord) {
-        if record.direction == Direction::Ingress
+    /// An accepted connection whose source is a pod or node of the cluster, with
+    /// `--ingress external`: the source's node reports it, as egress.
+    fn left_to_source_node(&self, record: &FlowRecord) -> bool {
+        record.direction == Direction::Ingress
             && self.opts.ingress == IngressMode::External
             && record.src.scope != Some(Scope::External)
-        {
+    }
+
+    fn emit(&mut self, record: FlowRecord) {
+        if self.left_to_source_node(&record) {
             // The source is a pod or node of the cluster: its own node reports it as egress.
             self.health
                 .metrics
@@ -436,6 +454,7 @@ impl Agent {
             return;
         }
         self.health.metrics.observe_record(&record);
+        self.traces.observe(&record);
         match self.log.write(&record) {
             Ok(()) => {
                 self.health.metrics.flow_records.inc();

@@ -305,22 +305,7 @@ impl Agent {
 
     /// A plain HTTP/1.0 GET on the agent's endpoint: (status, body).
     pub fn get(&self, path: &str) -> (u16, String) {
-        let Ok(mut s) = TcpStream::connect(&self.metrics_addr) else {
-            return (0, String::new());
-        };
-        let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n");
-        let mut text = String::new();
-        let _ = s.read_to_string(&mut text);
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
+        http_get(&self.metrics_addr, path)
     }
 
     /// The value of a metric sample, e.g. `observer_kernel_losses_total{kind="ring_full"}`.
@@ -399,6 +384,27 @@ impl Drop for Agent {
     }
 }
 
+/// A plain HTTP/1.0 GET on `addr` (host:port): (status, body); status 0 when nothing answers.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// Records of `netns` only: the agent sees the whole machine, the tests judge their own hosts.
 pub fn of_netns(records: &[FlowRecord], netns: u32) -> Vec<&FlowRecord> {
     records.iter().filter(|r| r.netns == netns).collect()
@@ -406,6 +412,8 @@ pub fn of_netns(records: &[FlowRecord], netns: u32) -> Vec<&FlowRecord> {
 
 pub mod apiserver;
 pub mod objects;
+pub mod otlp;
+pub mod prometheus;
 
 /// Polls `cond` every 20 ms until it holds; panics naming `what` after `timeout`. Returns how
 /// long it took.

@@ -743,18 +743,45 @@ fn learn_without_records_or_with_inventory() {
         String::from_utf8_lossy(&err),
         "error: no flow records to learn from (0 corrupt lines skipped)\n"
     );
+    // A missing inventory is bad input.
     let opts = LearnOptions {
         flow_logs: vec![expected_only(dir.path())],
-        inventory: Some(dir.path().join("pods.json")),
+        inventory: Some(dir.path().join("missing.json")),
         ..Default::default()
     };
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    assert_eq!(learn_to(&opts, &mut out, &mut err), 0);
-    let err = String::from_utf8_lossy(&err);
-    assert!(err.starts_with("note: --inventory "), "{err}");
+    assert_eq!(learn_to(&opts, &mut out, &mut err), EXIT_BAD_INPUT);
+    assert!(
+        String::from_utf8_lossy(&err).contains("cannot read inventory"),
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
+    // With one: the web workload's selector is the labels its pods carry, without the
+    // per-revision pod-template-hash.
+    let pods = write(
+        dir.path(),
+        "pods.json",
+        r#"{"apiVersion":"v1","kind":"List","items":[
+          {"apiVersion":"v1","kind":"Pod","metadata":{"name":"web-7d9f-abcde","namespace":"shop","uid":"u1",
+            "labels":{"app":"web","tier":"front","pod-template-hash":"7d9f"},
+            "ownerReferences":[{"apiVersion":"apps/v1","kind":"ReplicaSet","name":"web-7d9f","uid":"r1","controller":true}]},
+           "spec":{"containers":[{"name":"web","image":"x"}]},"status":{"phase":"Running","podIP":"10.244.1.10"}}]}"#,
+    );
+    let opts = LearnOptions {
+        flow_logs: vec![expected_only(dir.path())],
+        inventory: Some(pods),
+        ..Default::default()
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    assert_eq!(
+        learn_to(&opts, &mut out, &mut err),
+        0,
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
     let yaml = String::from_utf8(out).expect("utf-8");
     assert!(
-        yaml.contains("# REVIEW: --inventory was given but is not read yet"),
+        yaml.contains("# REVIEW: selector: the labels every pod of the workload carries in the inventory.\n    selector:\n      \"app\": \"web\"\n      \"tier\": \"front\"\n"),
         "{yaml}"
     );
     assert!(yaml.contains("  name: \"learned\"\n"), "{yaml}");
