@@ -1,4 +1,4 @@
-use std::{fs, process::ExitCode};
+use std::process::ExitCode;
 
 use clap::Parser;
 use observer::{
@@ -53,22 +53,12 @@ fn exit(code: i32) -> ExitCode {
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 
-/// Inode of the network namespace of pid 1 under `proc`: the node's own namespace.
-fn host_netns(proc: &std::path::Path) -> Option<u32> {
-    let link = fs::read_link(proc.join("1/ns/net")).ok()?;
-    link.to_str()?
-        .strip_prefix("net:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
 fn run_command(args: RunArgs) -> ExitCode {
     let scoper = Scoper {
         pod_cidrs: args.pod_cidrs,
         service_cidrs: args.service_cidrs,
         node_ips: args.node_ips.into_iter().collect(),
-        host_netns: host_netns(&args.host_proc),
+        host_netns: observer::scope::host_netns(&args.host_proc),
     };
     let model = match &args.architecture {
         Some(path) => match Architecture::load(path) {
