@@ -391,6 +391,15 @@ impl Agent {
         let attributed =
             self.attributor
                 .attribute(&mut record, index.as_deref(), model.as_deref(), &names);
+        if left_to_source_node(self.opts.ingress, &record) {
+            // Decided before holding: whatever the index learns, this agent will not report it,
+            // so it neither waits nor counts as unattributed.
+            self.health
+                .metrics
+                .ingress_left_to_source_node
+                .inc_by(record.count);
+            return;
+        }
         let now = Instant::now();
         if attributed.incomplete && self.index.is_some() {
             let until = held_until.unwrap_or(now + self.opts.hold);
@@ -421,17 +430,6 @@ impl Agent {
     }
 
     fn emit(&mut self, record: FlowRecord) {
-        if record.direction == Direction::Ingress
-            && self.opts.ingress == IngressMode::External
-            && record.src.scope != Some(Scope::External)
-        {
-            // The source is a pod or node of the cluster: its own node reports it as egress.
-            self.health
-                .metrics
-                .ingress_left_to_source_node
-                .inc_by(record.count);
-            return;
-        }
         self.health.metrics.observe_record(&record);
         match self.log.write(&record) {
             Ok(()) => {
@@ -544,6 +542,15 @@ impl Agent {
     }
 }
 
+/// An accepted connection this agent does not report: with `--ingress external`, one whose source
+/// is a pod or node of the cluster (its own node reports it as egress) or a loopback peer (whose
+/// connect this agent reports itself, as egress with scope `local`).
+fn left_to_source_node(mode: IngressMode, r: &FlowRecord) -> bool {
+    r.direction == Direction::Ingress
+        && mode == IngressMode::External
+        && r.src.scope != Some(Scope::External)
+}
+
 /// A held record goes through attribution again from its raw addresses and scopes.
 fn strip_attribution(r: FlowRecord) -> FlowRecord {
     let raw = |ep: Endpoint| Endpoint {
@@ -556,5 +563,53 @@ fn strip_attribution(r: FlowRecord) -> FlowRecord {
         src: raw(r.src),
         dst: raw(r.dst),
         ..r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(direction: Direction, src: Scope) -> FlowRecord {
+        FlowRecord {
+            schema: 1,
+            node: "n".into(),
+            protocol: Protocol::Tcp,
+            direction,
+            count: 1,
+            outcomes: Outcomes::default(),
+            pre_existing: false,
+            first_seen: Timestamp(SystemTime::UNIX_EPOCH),
+            last_seen: Timestamp(SystemTime::UNIX_EPOCH),
+            netns: 1,
+            process: None,
+            src: Endpoint {
+                scope: Some(src),
+                ..Default::default()
+            },
+            dst: Endpoint::default(),
+            verdict: None,
+            reason: None,
+            rule: None,
+            model: None,
+        }
+    }
+
+    #[test]
+    fn only_ingress_from_outside_the_cluster_is_reported_in_external_mode() {
+        use Direction::{Egress, Ingress};
+        let ext = IngressMode::External;
+        for scope in [Scope::Cluster, Scope::Node, Scope::Local] {
+            assert!(
+                left_to_source_node(ext, &record(Ingress, scope)),
+                "{scope:?}"
+            );
+            assert!(!left_to_source_node(ext, &record(Egress, scope)));
+            assert!(!left_to_source_node(
+                IngressMode::All,
+                &record(Ingress, scope)
+            ));
+        }
+        assert!(!left_to_source_node(ext, &record(Ingress, Scope::External)));
     }
 }
