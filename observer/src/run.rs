@@ -394,10 +394,12 @@ impl Agent {
         if left_to_source_node(self.opts.ingress, &record) {
             // Decided before holding: whatever the index learns, this agent will not report it,
             // so it neither waits nor counts as unattributed.
-            self.health
-                .metrics
-                .ingress_left_to_source_node
-                .inc_by(record.count);
+            if record.src.scope != Some(Scope::Local) {
+                self.health
+                    .metrics
+                    .ingress_left_to_source_node
+                    .inc_by(record.count);
+            }
             return;
         }
         let now = Instant::now();
