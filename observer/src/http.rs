@@ -86,11 +86,18 @@ fn route(path: &str, health: &Health) -> Response<Full<Bytes>> {
             };
             respond(status, "text/plain", body)
         }
-        "/metrics" => respond(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            health.metrics.encode(),
-        ),
+        "/metrics" => {
+            // Sync state and readiness are read at scrape time.
+            if let Some(s) = health.inventory_status() {
+                health.metrics.observe_inventory(&s);
+            }
+            health.metrics.ready.set(i64::from(health.readiness().0));
+            respond(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                health.metrics.encode(),
+            )
+        }
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
@@ -125,7 +132,11 @@ mod tests {
     use kube::runtime::watcher::Event;
 
     fn readyz(health: &Health) -> (u16, String) {
-        let r = route("/readyz", health);
+        get(health, "/readyz")
+    }
+
+    fn get(health: &Health, path: &str) -> (u16, String) {
+        let r = route(path, health);
         let status = r.status().as_u16();
         let body = futures::executor::block_on(http_body_util::BodyExt::collect(r.into_body()))
             .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
@@ -155,5 +166,13 @@ mod tests {
         let (code, body) = readyz(&health);
         assert_eq!(code, 200);
         assert!(body.contains("index stale"), "{body}");
+        let metrics = get(&health, "/metrics").1;
+        for sample in [
+            "observer_ready 1",
+            "observer_index_stale 1",
+            "observer_watcher_synced{resource=\"Pod\"} 1",
+        ] {
+            assert!(metrics.contains(sample), "{sample} in {metrics}");
+        }
     }
 }
