@@ -50,15 +50,17 @@ pub fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
 
 /// The pod UID named in a cgroup path, if any.
 pub fn pod_uid(path: &str) -> Option<String> {
+    // Every "pod" of a segment is tried: in the systemd driver's
+    // `kubepods-besteffort-pod<uid>.slice` the first one is inside "kubepods".
     path.split('/').find_map(|segment| {
-        let at = segment.find("pod")?;
-        let rest = &segment[at + 3..];
-        let uid: String = rest
-            .chars()
-            .take_while(|c| c.is_ascii_hexdigit() || *c == '-' || *c == '_')
-            .collect();
-        // A UID is 32 hex digits with 4 separators.
-        (uid.len() == 36).then(|| uid.replace('_', "-"))
+        segment.match_indices("pod").find_map(|(at, _)| {
+            let uid: String = segment[at + 3..]
+                .chars()
+                .take_while(|c| c.is_ascii_hexdigit() || *c == '-' || *c == '_')
+                .collect();
+            // A UID is 32 hex digits with 4 separators.
+            (uid.len() == 36).then(|| uid.replace('_', "-"))
+        })
     })
 }
 
