@@ -8,7 +8,7 @@ use std::{env, fs, path::PathBuf};
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=OBSERVER_SKIP_EBPF");
-    let out = PathBuf::from(env::var("OUT_DIR")?).join("observer");
+    let out = PathBuf::from(env::var("OUT_DIR")?).join("observer-ebpf");
     let skip = env::var_os("OBSERVER_SKIP_EBPF").is_some_and(|v| v == "1");
     let linker = which::which("bpf-linker").ok();
     if skip || linker.is_none() {

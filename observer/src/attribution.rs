@@ -8,7 +8,7 @@ use observer_common::record::{Direction, Endpoint, FlowRecord, Scope};
 use crate::{
     architecture::{Architecture, NODE},
     cgroups::{CgroupOwner, CgroupResolver},
-    inventory::{Attribution, Index, TargetPort},
+    inventory::{Attribution, Index, ServiceKey, TargetPort},
     judge::Context,
     names::HostNames,
 };
@@ -83,9 +83,14 @@ impl Attributor {
                 if i == 1
                     && let Some(sp) = a.service_port
                 {
-                    out.ctx.target_port = match sp.target_port {
-                        Some(TargetPort::Number(n)) => Some(n),
-                        _ => None,
+                    out.ctx.target_port = match &sp.target_port {
+                        Some(TargetPort::Number(n)) => Some(*n),
+                        Some(TargetPort::Name(name)) => a
+                            .namespace
+                            .as_deref()
+                            .zip(a.service.as_deref())
+                            .and_then(|(ns, svc)| named_target_port(index, ns, svc, name)),
+                        None => None,
                     };
                 }
             }
@@ -154,6 +159,18 @@ impl Attributor {
     }
 }
 
+/// A Service's named `targetPort` as a number: the container port of that name (TCP) on the
+/// pods behind the Service (one pod template, so the first that declares it).
+fn named_target_port(index: &Index, namespace: &str, service: &str, name: &str) -> Option<u16> {
+    let svc = index.service(&ServiceKey::new(namespace, service))?;
+    index.pods_for_service(svc).find_map(|pod| {
+        pod.ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name) && p.protocol == "TCP")
+            .map(|p| p.port)
+    })
+}
+
 fn set_pod(ep: &mut Endpoint, pod: &PodEnd) {
     ep.namespace = Some(pod.namespace.clone());
     ep.pod = Some(pod.pod.clone());
@@ -184,5 +201,88 @@ fn component(
             by_host.or(by_ip).map(str::to_owned)
         }
         Scope::Cluster | Scope::Local => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use observer_common::record::{Outcomes, Protocol, Timestamp};
+
+    use super::*;
+    use crate::inventory::{IndexHandle, NodeAddresses, offline};
+
+    const OBJECTS: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Pod
+  metadata: {namespace: shop, name: web-1, uid: u1, labels: {app.kubernetes.io/name: web}}
+  spec:
+    containers:
+    - {name: app, ports: [{containerPort: 8080, name: http, protocol: TCP}]}
+  status: {phase: Running, podIP: 10.244.1.5, podIPs: [{ip: 10.244.1.5}]}
+- apiVersion: v1
+  kind: Service
+  metadata: {namespace: shop, name: web}
+  spec:
+    clusterIP: 10.96.0.20
+    selector: {app.kubernetes.io/name: web}
+    ports:
+    - {name: named, port: 80, protocol: TCP, targetPort: http}
+    - {name: numbered, port: 81, protocol: TCP, targetPort: 8080}
+    - {name: dangling, port: 82, protocol: TCP, targetPort: nope}
+"#;
+
+    fn to(ip: &str, port: u16) -> FlowRecord {
+        FlowRecord {
+            schema: 1,
+            node: "n".into(),
+            protocol: Protocol::Tcp,
+            direction: Direction::Egress,
+            count: 1,
+            outcomes: Outcomes::default(),
+            pre_existing: false,
+            first_seen: Timestamp(std::time::SystemTime::UNIX_EPOCH),
+            last_seen: Timestamp(std::time::SystemTime::UNIX_EPOCH),
+            netns: 1,
+            process: None,
+            src: Endpoint {
+                ip: Some("10.244.2.9".parse().unwrap()),
+                scope: Some(Scope::Cluster),
+                ..Default::default()
+            },
+            dst: Endpoint {
+                ip: Some(ip.parse().unwrap()),
+                port: Some(port),
+                scope: Some(Scope::Cluster),
+                ..Default::default()
+            },
+            verdict: None,
+            reason: None,
+            rule: None,
+            model: None,
+        }
+    }
+
+    #[test]
+    fn a_named_target_port_is_resolved_through_the_backend_pods() {
+        let handle = IndexHandle::new(NodeAddresses::default());
+        offline::parse(Path::new("t.yaml"), OBJECTS)
+            .unwrap()
+            .feed(&handle);
+        let index = handle.snapshot();
+        let mut a = Attributor::new(None);
+        let mut target = |port| {
+            let mut r = to("10.96.0.20", port);
+            a.attribute(&mut r, Some(&index), None, &HostNames::default())
+                .ctx
+                .target_port
+        };
+        assert_eq!(target(80), Some(8080), "named");
+        assert_eq!(target(81), Some(8080), "numbered");
+        assert_eq!(target(82), None, "no pod declares it");
     }
 }

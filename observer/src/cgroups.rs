@@ -50,8 +50,9 @@ pub fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
 
 /// The pod UID named in a cgroup path, if any.
 pub fn pod_uid(path: &str) -> Option<String> {
+    // Every "pod" of a segment is tried: in the systemd driver's
+    // `kubepods-besteffort-pod<uid>.slice` the first one is inside "kubepods".
     path.split('/').find_map(|segment| {
-        // "kubepods-besteffort-pod<uid>.slice": the UID follows the last "pod" that starts one.
         segment.match_indices("pod").find_map(|(at, _)| {
             let uid: String = segment[at + 3..]
                 .chars()

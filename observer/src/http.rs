@@ -82,15 +82,13 @@ fn route(path: &str, openmetrics: bool, health: &Health) -> Response<Full<Bytes>
     match path {
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
-            if health.capturing.load(Ordering::Relaxed) {
-                respond(StatusCode::OK, "text/plain", "ready: capturing\n".into())
+            let (ready, body) = health.readiness();
+            let status = if ready {
+                StatusCode::OK
             } else {
-                respond(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "not ready: kernel program not attached yet\n".into(),
-                )
-            }
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            respond(status, "text/plain", body)
         }
         "/metrics" => {
             // Values that are states, not events: mirrored at scrape time.
@@ -145,5 +143,57 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>) {
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::InventoryStatus;
+    use kube::runtime::watcher::Event;
+
+    fn readyz(health: &Health) -> (u16, String) {
+        get(health, "/readyz")
+    }
+
+    fn get(health: &Health, path: &str) -> (u16, String) {
+        let r = route(path, false, health);
+        let status = r.status().as_u16();
+        let body = futures::executor::block_on(http_body_util::BodyExt::collect(r.into_body()))
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    #[test]
+    fn readyz_waits_for_the_first_sync_and_stays_ready_when_stale() {
+        let health = Health::new();
+        assert_eq!(
+            readyz(&health),
+            (503, "not ready: kernel program not attached yet\n".into())
+        );
+        health.capturing.store(true, Ordering::Relaxed);
+        assert_eq!(readyz(&health), (200, "ready: capturing\n".into()));
+        let status = Arc::new(InventoryStatus::new());
+        *health.inventory.lock().unwrap() = Some(status.clone());
+        let (code, body) = readyz(&health);
+        assert_eq!(code, 503);
+        assert!(body.contains("waiting for the first sync"), "{body}");
+        for w in status.watchers() {
+            w.observe::<()>(&[Event::Init, Event::InitDone]);
+        }
+        assert_eq!(readyz(&health), (200, "ready: capturing\n".into()));
+        status.pods.record_error();
+        let (code, body) = readyz(&health);
+        assert_eq!(code, 200);
+        assert!(body.contains("index stale"), "{body}");
+        let metrics = get(&health, "/metrics").1;
+        for sample in [
+            "observer_ready 1",
+            "observer_index_stale 1",
+            "observer_watcher_synced{resource=\"Pod\"} 1",
+        ] {
+            assert!(metrics.contains(sample), "{sample} in {metrics}");
+        }
     }
 }

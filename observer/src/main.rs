@@ -1,4 +1,4 @@
-use std::{fs, process::ExitCode};
+use std::process::ExitCode;
 
 use clap::Parser;
 use observer::{
@@ -53,33 +53,12 @@ fn exit(code: i32) -> ExitCode {
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 
-/// Inode of the node's own network namespace: pid 1's under `proc`; where pid 1 cannot be
-/// inspected (a sandbox whose init is outside its reach), the agent's own, which is the node's
-/// when the agent runs directly on it.
-fn host_netns(proc: &std::path::Path) -> Option<u32> {
-    let inode = |p: std::path::PathBuf| -> Option<u32> {
-        let link = fs::read_link(p).ok()?;
-        link.to_str()?
-            .strip_prefix("net:[")?
-            .strip_suffix(']')?
-            .parse()
-            .ok()
-    };
-    inode(proc.join("1/ns/net")).or_else(|| {
-        tracing::warn!(
-            "cannot read {}/1/ns/net; taking this process's network namespace as the node's",
-            proc.display()
-        );
-        inode("/proc/self/ns/net".into())
-    })
-}
-
 fn run_command(args: RunArgs) -> ExitCode {
     let scoper = Scoper {
         pod_cidrs: args.pod_cidrs,
         service_cidrs: args.service_cidrs,
         node_ips: args.node_ips.into_iter().collect(),
-        host_netns: host_netns(&args.host_proc),
+        host_netns: observer::scope::host_netns(&args.host_proc),
     };
     let model = match &args.architecture {
         Some(path) => match Architecture::load(path) {

@@ -305,7 +305,7 @@ impl Metrics {
         );
         r.register(
             "ingress_left_to_source_node",
-            "Accepted connections from pods or nodes of the cluster, not reported here: the source's node reports them as egress",
+            "Accepted connections from pods or nodes of the cluster, not reported here: the source's node reports them as egress (loopback connections are not counted: their egress is reported here)",
             m.ingress_left_to_source_node.clone(),
         );
         r.register(

@@ -396,17 +396,23 @@ impl Agent {
     /// Attributes and judges `record`; holds it while the index does not know one of its
     /// cluster addresses (at most `--hold`), then writes it.
     fn finish(&mut self, mut record: FlowRecord, held_until: Option<Instant>) {
-        if self.left_to_source_node(&record) {
-            // Not reported here whatever its attribution: neither held nor counted unattributed.
-            self.emit(record);
-            return;
-        }
         let index = self.index.as_ref().map(IndexHandle::snapshot);
         let model = self.opts.model.as_ref().map(|(_, h)| h.current());
         let names = self.names.lock().map(|n| n.clone()).unwrap_or_default();
         let attributed =
             self.attributor
                 .attribute(&mut record, index.as_deref(), model.as_deref(), &names);
+        if left_to_source_node(self.opts.ingress, &record) {
+            // Decided before holding: whatever the index learns, this agent will not report it,
+            // so it neither waits nor counts as unattributed.
+            if record.src.scope != Some(Scope::Local) {
+                self.health
+                    .metrics
+                    .ingress_left_to_source_node
+                    .inc_by(record.count);
+            }
+            return;
+        }
         let now = Instant::now();
         if attributed.incomplete && self.index.is_some() {
             let until = held_until.unwrap_or(now + self.opts.hold);
@@ -436,23 +442,7 @@ impl Agent {
         self.health.metrics.held.set(self.held.len() as i64);
     }
 
-    /// An accepted connection whose source is a pod or node of the cluster, with
-    /// `--ingress external`: the source's node reports it, as egress.
-    fn left_to_source_node(&self, record: &FlowRecord) -> bool {
-        record.direction == Direction::Ingress
-            && self.opts.ingress == IngressMode::External
-            && record.src.scope != Some(Scope::External)
-    }
-
     fn emit(&mut self, record: FlowRecord) {
-        if self.left_to_source_node(&record) {
-            // The source is a pod or node of the cluster: its own node reports it as egress.
-            self.health
-                .metrics
-                .ingress_left_to_source_node
-                .inc_by(record.count);
-            return;
-        }
         self.health.metrics.observe_record(&record);
         self.traces.observe(&record);
         match self.log.write(&record) {
@@ -566,6 +556,15 @@ impl Agent {
     }
 }
 
+/// An accepted connection this agent does not report: with `--ingress external`, one whose source
+/// is a pod or node of the cluster (its own node reports it as egress) or a loopback peer (whose
+/// connect this agent reports itself, as egress with scope `local`).
+fn left_to_source_node(mode: IngressMode, r: &FlowRecord) -> bool {
+    r.direction == Direction::Ingress
+        && mode == IngressMode::External
+        && r.src.scope != Some(Scope::External)
+}
+
 /// A held record goes through attribution again from its raw addresses and scopes.
 fn strip_attribution(r: FlowRecord) -> FlowRecord {
     let raw = |ep: Endpoint| Endpoint {
@@ -578,5 +577,53 @@ fn strip_attribution(r: FlowRecord) -> FlowRecord {
         src: raw(r.src),
         dst: raw(r.dst),
         ..r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(direction: Direction, src: Scope) -> FlowRecord {
+        FlowRecord {
+            schema: 1,
+            node: "n".into(),
+            protocol: Protocol::Tcp,
+            direction,
+            count: 1,
+            outcomes: Outcomes::default(),
+            pre_existing: false,
+            first_seen: Timestamp(SystemTime::UNIX_EPOCH),
+            last_seen: Timestamp(SystemTime::UNIX_EPOCH),
+            netns: 1,
+            process: None,
+            src: Endpoint {
+                scope: Some(src),
+                ..Default::default()
+            },
+            dst: Endpoint::default(),
+            verdict: None,
+            reason: None,
+            rule: None,
+            model: None,
+        }
+    }
+
+    #[test]
+    fn only_ingress_from_outside_the_cluster_is_reported_in_external_mode() {
+        use Direction::{Egress, Ingress};
+        let ext = IngressMode::External;
+        for scope in [Scope::Cluster, Scope::Node, Scope::Local] {
+            assert!(
+                left_to_source_node(ext, &record(Ingress, scope)),
+                "{scope:?}"
+            );
+            assert!(!left_to_source_node(ext, &record(Egress, scope)));
+            assert!(!left_to_source_node(
+                IngressMode::All,
+                &record(Ingress, scope)
+            ));
+        }
+        assert!(!left_to_source_node(ext, &record(Ingress, Scope::External)));
     }
 }

@@ -1,7 +1,7 @@
 //! Where an address lies: `cluster`, `node`, `external` or `local`, decided from configuration
 //! alone (pod and service ranges, node addresses), so it never waits for the Kubernetes index.
 
-use std::{collections::HashSet, net::IpAddr};
+use std::{collections::HashSet, net::IpAddr, path::Path};
 
 use ipnet::IpNet;
 use observer_common::record::Scope;
@@ -51,6 +51,34 @@ impl Scoper {
     }
 }
 
+/// Inode of the node's own network namespace, from the node's /proc (`proc`): that of pid 1, or,
+/// when its `ns/net` link cannot be read, that of pid 2. Both live in the initial namespace on a
+/// node (pid 2 is kthreadd, a kernel thread, which never leaves it); reading pid 1's link needs
+/// ptrace access to it, which some hosts refuse even to root, while kernel threads are readable.
+pub fn host_netns(proc: &Path) -> Option<u32> {
+    let mut failures = Vec::new();
+    for pid in ["1", "2"] {
+        let link = proc.join(pid).join("ns/net");
+        match std::fs::read_link(&link) {
+            Ok(target) => match netns_inode(&target.to_string_lossy()) {
+                Some(ino) => return Some(ino),
+                None => failures.push(format!("{}: unexpected target {target:?}", link.display())),
+            },
+            Err(e) => failures.push(format!("{}: {e}", link.display())),
+        }
+    }
+    tracing::warn!(
+        "cannot tell the node's network namespace ({}); connections of host processes will not be classified node by their namespace",
+        failures.join("; ")
+    );
+    None
+}
+
+/// `net:[4026531840]` -> 4026531840.
+fn netns_inode(link: &str) -> Option<u32> {
+    link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +124,20 @@ mod tests {
             s.of_local_end(4026532000, "127.0.0.1".parse().unwrap()),
             Scope::Local
         );
+    }
+
+    #[test]
+    fn the_host_namespace_comes_from_pid_1_or_else_from_kthreadd() {
+        let dir = std::env::temp_dir().join(format!("observer-scope-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for pid in ["1", "2"] {
+            std::fs::create_dir_all(dir.join(pid).join("ns")).unwrap();
+        }
+        std::os::unix::fs::symlink("net:[4026531999]", dir.join("2/ns/net")).unwrap();
+        assert_eq!(host_netns(&dir), Some(4026531999), "pid 1 unreadable");
+        std::os::unix::fs::symlink("net:[4026531840]", dir.join("1/ns/net")).unwrap();
+        assert_eq!(host_netns(&dir), Some(4026531840));
+        assert_eq!(host_netns(&dir.join("missing")), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -237,6 +237,36 @@ impl Agent {
     /// Starts `observer run` with fast test intervals plus `extra` arguments, and waits until
     /// `/readyz` says it is capturing.
     pub fn start(extra: &[&str]) -> Agent {
+        let agent = Agent::spawn(extra);
+        agent.wait_ready(Duration::from_secs(30));
+        agent
+    }
+
+    /// Waits (at most `timeout`) until `/readyz` answers 200; returns its body.
+    pub fn wait_ready(&self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, body) = self.get("/readyz");
+            if status == 200 {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready within {timeout:?} (last answer {status} {body:?}):\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// True while the agent process runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Starts `observer run` like [`start`](Self::start) but returns as soon as it serves its
+    /// endpoints, ready or not.
+    pub fn spawn(extra: &[&str]) -> Agent {
         let dir = std::env::temp_dir().join(format!(
             "observer-e2e-{}-{}",
             std::process::id(),
@@ -285,14 +315,6 @@ impl Agent {
             assert!(
                 Instant::now() < deadline,
                 "agent did not start within 30 s:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        while agent.get("/readyz").0 != 200 {
-            assert!(
-                Instant::now() < deadline,
-                "agent not ready within 30 s:\n{}",
-                agent.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -9,7 +9,8 @@ use super::btf::{Btf, BtfError};
 
 /// The kernel object, built from `observer-ebpf` by build.rs. Empty when the agent was built
 /// without bpf-linker.
-static KERNEL_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
+static KERNEL_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer-ebpf"));
 
 const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 

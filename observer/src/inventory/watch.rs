@@ -104,7 +104,7 @@ impl WatcherStatus {
 
     /// Updates the state for a batch of events; true when the watch made progress (a list
     /// completed or an event arrived), which resets the backoff.
-    fn observe<K>(&self, events: &[Event<K>]) -> bool {
+    pub(crate) fn observe<K>(&self, events: &[Event<K>]) -> bool {
         let mut progress = false;
         for ev in events {
             match ev {
@@ -126,7 +126,7 @@ impl WatcherStatus {
         progress
     }
 
-    fn record_error(&self) {
+    pub(crate) fn record_error(&self) {
         self.errors.fetch_add(1, Ordering::AcqRel);
         if self.synced() {
             self.stale.store(true, Ordering::Release);
