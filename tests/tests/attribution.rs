@@ -41,7 +41,7 @@ const SETTLE: Duration = Duration::from_secs(15);
 struct Net {
     /// The lab's /24: the pods' range.
     pods: String,
-    /// A Service range of the test's own, inside 10.96.0.0/12.
+    /// A Service range of the test's own, outside every lab subnet.
     services: String,
     cluster_ip: String,
     named_cluster_ip: String,
@@ -51,7 +51,9 @@ struct Net {
 
 fn net(lab: &Lab) -> Net {
     let [_, a, b, _] = lab.hosts[0].ip4.octets();
-    let x = 96 + a % 16;
+    // Lab subnets are 10.100-199.*; service ranges 10.200-239.* never overlap them (nor the
+    // demo's 10.244.0.0/16).
+    let x = 200 + a % 40;
     Net {
         pods: format!("10.{a}.{b}.0/24"),
         services: format!("10.{x}.{b}.0/24"),
@@ -355,7 +357,7 @@ fn a_cluster_ip_and_its_backend_pod_name_the_same_service_and_component() {
     ]);
     // kube-proxy's iptables mode, in the client's namespace: the socket keeps the ClusterIP,
     // packets go to the pod.
-    front.sh("ip", &["route", "add", "10.96.0.0/12", "dev", "eth0"]);
+    front.sh("ip", &["route", "add", &n.services, "dev", "eth0"]);
     for (cluster_ip, port) in [(&n.cluster_ip, "80"), (&n.named_cluster_ip, "81")] {
         front.sh(
             "iptables",
@@ -781,9 +783,10 @@ fn each_row_of_the_node_scope_table() {
     wait_metric(&agent, LEFT, |v| v >= 15.0);
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(agent.metric(LEFT), 15.0);
-    // The outside host lives on this machine too: its connect, from a namespace that is not the
-    // node's and an address no pod has, waits --hold and is written as unknown.
-    assert_eq!(agent.metric(UNATTRIBUTED), 6.0);
+    // The outside host lives on this machine too: its connect comes from a namespace that is
+    // not the node's, at an address outside the pod ranges, so it is scoped by that address
+    // (external) and named by the model's external; nothing waits for the index.
+    assert_eq!(agent.metric(UNATTRIBUTED), 0.0);
     let records = agent.stop();
 
     let web_end = format!(
@@ -861,7 +864,7 @@ fn each_row_of_the_node_scope_table() {
         tally(&mine(&records, outside)),
         expect(&[(
             format!(
-                "egress {} -/- - svc=- comp=- cluster -> {web_end} : unexpected unknown-source",
+                "egress {} -/- - svc=- comp=outside external -> {web_end} : expected outside-to-web",
                 outside.ip4
             ),
             6
