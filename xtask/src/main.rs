@@ -1,4 +1,5 @@
-//! Project tasks. `cargo xtask test` is the test command CI runs; `cargo xtask demo` the demo.
+//! Project tasks. `cargo xtask test` is the test command CI runs; `cargo xtask demo` the demo;
+//! `cargo xtask bench` the benchmarks (BENCHMARKS.md).
 //! Each task first runs `scripts/bootstrap.sh`, which installs what a fresh machine lacks and
 //! says what it installs.
 
@@ -8,6 +9,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+
+mod bench;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -26,6 +29,9 @@ enum Task {
         /// Extra arguments for the end-to-end test binary (e.g. a test name filter).
         filter: Vec<String>,
     },
+    /// Benchmarks: cost per connection against a baseline and the tools users would pick
+    /// instead, kernel program run time, pipeline throughput, memory, exactness, latency.
+    Bench(bench::BenchArgs),
 }
 
 fn root() -> PathBuf {
@@ -85,5 +91,6 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Bootstrap => bootstrap(),
         Task::Test { filter } => test(&filter),
+        Task::Bench(args) => bench::bench(&args),
     }
 }
