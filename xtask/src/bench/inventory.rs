@@ -33,8 +33,10 @@ fn ip(prefix: [u8; 2], i: usize) -> String {
     format!("{}.{}.{}.{}", prefix[0], prefix[1], i / 200, i % 200 + 10)
 }
 
-/// `pods` pods behind `services` Services (pods / services each), as one `kind: List`.
-pub fn generate(pods: usize, services: usize) -> Value {
+/// `pods` pods behind `services` Services (pods / services each), as one `kind: List`, plus
+/// `extra` pods (namespace, app, address): the lab's hosts, so that the agent attributes their
+/// connections at once instead of holding them for an index that would never learn them.
+pub fn generate(pods: usize, services: usize, extra: &[(&str, &str, String)]) -> Value {
     let per = pods.div_ceil(services).max(1);
     let mut items = Vec::with_capacity(pods + 2 * services);
     let mut pod = 0;
@@ -80,6 +82,13 @@ pub fn generate(pods: usize, services: usize) -> Value {
                 "conditions": {"ready": true, "serving": true, "terminating": false}})).collect::<Vec<_>>(),
             "ports": [{"name": "main", "port": port, "protocol": "TCP"}]}));
     }
+    for (i, (ns, app, pod_ip)) in extra.iter().enumerate() {
+        items.push(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"namespace": ns, "name": format!("{app}-bench-{i}"), "labels": labels(ns, app)},
+            "spec": {"nodeName": "bench-node", "containers": [{"name": "app", "image": "app:1"}]},
+            "status": {"phase": "Running", "hostIP": "192.168.50.10",
+                "podIP": pod_ip, "podIPs": [{"ip": pod_ip}]}}));
+    }
     json!({"apiVersion": "v1", "kind": "List", "items": items})
 }
 
@@ -87,12 +96,12 @@ pub fn generate(pods: usize, services: usize) -> Value {
 mod tests {
     #[test]
     fn has_the_requested_pods_and_services() {
-        let inv = super::generate(100, 20);
+        let inv = super::generate(100, 20, &[("rabbitmq", "rabbitmq", "10.1.2.3".into())]);
         let items = inv["items"].as_array().unwrap();
         let count = |k: &str| items.iter().filter(|i| i["kind"] == k).count();
         assert_eq!(
             (count("Pod"), count("Service"), count("EndpointSlice")),
-            (100, 20, 20)
+            (101, 20, 20)
         );
         assert_eq!(items[0]["metadata"]["namespace"], "kong");
     }

@@ -166,9 +166,17 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         target_dir().join(if smoke { "debug" } else { "release" })
     };
 
+    let lab = Lab::new()?;
     let inventory = out_dir.join("inventory.json");
     let (pods, services) = if smoke { (1_000, 200) } else { (10_000, 2_000) };
-    std::fs::write(&inventory, inventory::generate(pods, services).to_string())?;
+    let lab_pods = [
+        ("graph-gateway", "graph-gateway", format!("{}.2", lab.net)),
+        ("rabbitmq", "rabbitmq", format!("{}.3", lab.net)),
+    ];
+    std::fs::write(
+        &inventory,
+        inventory::generate(pods, services, &lab_pods).to_string(),
+    )?;
     let setup = AgentSetup {
         bin: args
             .observer_bin
@@ -204,7 +212,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     };
 
     let mut ctx = Ctx {
-        lab: Lab::new()?,
+        lab,
         storm: bins.join("storm"),
         agent: setup,
         sizes,

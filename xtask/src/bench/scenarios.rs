@@ -477,6 +477,11 @@ pub fn latency(ctx: &Ctx) -> Result<Value> {
         let since = |at: Option<SystemTime>| -> Option<f64> {
             Some(at?.duration_since(first_seen?).ok()?.as_secs_f64() * 1000.0)
         };
+        eprintln!(
+            "[bench] flow {port}: flow log {:?} ms, /metrics {:?} ms after first_seen",
+            since(log_at),
+            since(metric_at)
+        );
         match (since(log_at), since(metric_at)) {
             (Some(l), Some(m)) => {
                 to_log.push(l);
