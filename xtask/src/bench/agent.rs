@@ -288,7 +288,10 @@ pub struct Peer {
     proc: Proc,
 }
 
-pub const BPFTRACE_SCRIPT: &str = "tracepoint:sock:inet_sock_set_state /args->protocol == 6 && args->oldstate == 2/ { @connects[args->saddr, args->daddr, args->dport] = count(); }";
+/// Connects per flow (source, destination, port), counted when the handshake ends. bpftrace 0.17
+/// takes no arrays as map keys, hence `ntop` (which stores the address; it is formatted only
+/// when the map is printed).
+pub const BPFTRACE_SCRIPT: &str = "tracepoint:sock:inet_sock_set_state /args->protocol == 6 && args->oldstate == 2/ { @connects[ntop(args->saddr), ntop(args->daddr), args->dport] = count(); }";
 
 /// Which peers are installed; the others are named with why.
 pub fn peers_available() -> (Vec<&'static str>, Vec<String>) {
@@ -304,7 +307,10 @@ pub fn peers_available() -> (Vec<&'static str>, Vec<String>) {
     (ok, missing)
 }
 
-pub const TCPLIFE: &str = "/usr/sbin/tcplife-bpfcc";
+/// tcplife as libbpf-tools builds it (Debian `libbpf-tools`): BCC's tool ported to CO-RE. BCC's
+/// own `tcplife-bpfcc` compiles its program at start and needs the running kernel's headers,
+/// which kernels without CONFIG_IKHEADERS and without a headers package (this one) lack.
+pub const TCPLIFE: &str = "/usr/sbin/tcplife";
 
 impl Peer {
     pub fn start(name: &'static str, dir: &Path) -> Result<Peer> {

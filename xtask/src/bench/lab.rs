@@ -113,6 +113,39 @@ impl Drop for Lab {
     }
 }
 
+/// tracefs at /sys/kernel/tracing, mounted for the benchmark when it was not (and unmounted
+/// after).
+pub struct Tracefs {
+    mounted_here: bool,
+}
+
+impl Tracefs {
+    pub fn mount() -> Result<Tracefs> {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        if mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(2) == Some("tracefs"))
+        {
+            return Ok(Tracefs {
+                mounted_here: false,
+            });
+        }
+        sh(
+            "mount",
+            &["-t", "tracefs", "tracefs", "/sys/kernel/tracing"],
+        )?;
+        Ok(Tracefs { mounted_here: true })
+    }
+}
+
+impl Drop for Tracefs {
+    fn drop(&mut self) {
+        if self.mounted_here {
+            let _ = Command::new("umount").arg("/sys/kernel/tracing").status();
+        }
+    }
+}
+
 /// A sysctl set for the benchmark and restored to its previous value on drop.
 pub struct Sysctl {
     key: String,

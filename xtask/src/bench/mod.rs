@@ -33,7 +33,7 @@ pub struct BenchArgs {
     /// (default: <target>/bench or <target>/bench-smoke).
     #[arg(long)]
     output: Option<PathBuf>,
-    /// Do not install the peers (bpftrace, bpfcc-tools) with apt-get when missing.
+    /// Do not install the peers (bpftrace, bpfcc-tools, libbpf-tools) with apt-get when missing.
     #[arg(long)]
     no_install: bool,
     /// Do not write BENCHMARKS.md (a full run writes it by default).
@@ -167,6 +167,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     };
 
     let lab = Lab::new()?;
+    // bpftrace attaches classic tracepoints through tracefs.
+    let _tracefs = lab::Tracefs::mount()?;
     let inventory = out_dir.join("inventory.json");
     let (pods, services) = if smoke { (1_000, 200) } else { (10_000, 2_000) };
     let lab_pods = [
