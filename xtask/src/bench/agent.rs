@@ -326,24 +326,22 @@ impl Peer {
         cmd.stdout(std::fs::File::create(&out)?)
             .stderr(std::fs::File::create(dir.join(format!("{name}.err")))?);
         let mut proc = Proc::spawn(cmd)?;
-        // Attached once it prints its banner: "Attaching 1 probe..." or tcplife's header.
+        // Loaded once it holds a BPF program (its output is block-buffered in a file, so a
+        // banner may not show); both attach right after loading.
         let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let text = std::fs::read_to_string(&out).unwrap_or_default();
-            if text.contains("Attaching") || text.contains("PID") {
-                break;
-            }
+        let pid = proc.0.id();
+        while bpf_fdinfos(pid, "prog_type:").is_empty() {
             if let Some(status) = proc.0.try_wait()? {
                 let err =
                     std::fs::read_to_string(dir.join(format!("{name}.err"))).unwrap_or_default();
-                bail!("{name} exited with {status} before attaching: {text}{err}");
+                bail!("{name} exited with {status} before attaching: {err}");
             }
             if Instant::now() > deadline {
-                bail!("{name} did not attach within 120 s");
+                bail!("{name} did not load a BPF program within 120 s");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(1000));
         Ok(Peer { proc })
     }
 
