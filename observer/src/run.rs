@@ -465,62 +465,15 @@ impl Agent {
         c: &FlowCounters,
         pre_existing: bool,
     ) -> FlowRecord {
-        let local = key.local_ip();
-        let remote = key.remote_ip();
-        let s = &self.opts.scoper;
-        let (direction, src, dst) = if key.is_connect() {
-            let src = Endpoint {
-                ip: Some(local),
-                scope: Some(s.of_local_end(key.netns, local)),
-                ..Default::default()
-            };
-            let dst = Endpoint {
-                ip: Some(remote),
-                port: Some(key.server_port),
-                scope: Some(s.of_addr(remote)),
-                ..Default::default()
-            };
-            (Direction::Egress, src, dst)
-        } else {
-            let src = Endpoint {
-                ip: Some(remote),
-                scope: Some(s.of_addr(remote)),
-                ..Default::default()
-            };
-            let dst = Endpoint {
-                ip: Some(local),
-                port: Some(key.server_port),
-                scope: Some(s.of_local_end(key.netns, local)),
-                ..Default::default()
-            };
-            (Direction::Ingress, src, dst)
-        };
-        let process = (key.is_connect() && c.pid_tgid != 0).then(|| Process {
-            pid: c.pid_tgid as u32,
-            tgid: (c.pid_tgid >> 32) as u32,
-            comm: comm_str(&c.comm),
-            cgroup_id: key.cgroup_id,
-        });
-        let outcomes = Outcomes::from_counts(outcomes);
-        FlowRecord {
-            schema: record::SCHEMA_VERSION,
-            node: self.opts.node.clone(),
-            protocol: Protocol::Tcp,
-            direction,
-            count: outcomes.total(),
+        flow_record(
+            key,
             outcomes,
+            c,
             pre_existing,
-            first_seen: self.clock.wall(c.first_seen_ns),
-            last_seen: self.clock.wall(c.last_seen_ns),
-            netns: key.netns,
-            process,
-            src,
-            dst,
-            verdict: None,
-            reason: None,
-            rule: None,
-            model: None,
-        }
+            &self.opts.node,
+            &self.opts.scoper,
+            |ns| self.clock.wall(ns),
+        )
     }
 
     /// Records, once, the connections that were open before the program was attached.
@@ -563,6 +516,76 @@ fn left_to_source_node(mode: IngressMode, r: &FlowRecord) -> bool {
     r.direction == Direction::Ingress
         && mode == IngressMode::External
         && r.src.scope != Some(Scope::External)
+}
+
+/// The flow record of one kernel reading: `outcomes` are the new connections since the flow's
+/// previous record, `c` the kernel's counters; ends are classified by `scoper` and not yet
+/// attributed or judged. Pure, so the pipeline can be measured without the kernel.
+pub fn flow_record(
+    key: &FlowKey,
+    outcomes: &[u64; Outcome::COUNT],
+    c: &FlowCounters,
+    pre_existing: bool,
+    node: &str,
+    scoper: &Scoper,
+    wall: impl Fn(u64) -> Timestamp,
+) -> FlowRecord {
+    let local = key.local_ip();
+    let remote = key.remote_ip();
+    let s = scoper;
+    let (direction, src, dst) = if key.is_connect() {
+        let src = Endpoint {
+            ip: Some(local),
+            scope: Some(s.of_local_end(key.netns, local)),
+            ..Default::default()
+        };
+        let dst = Endpoint {
+            ip: Some(remote),
+            port: Some(key.server_port),
+            scope: Some(s.of_addr(remote)),
+            ..Default::default()
+        };
+        (Direction::Egress, src, dst)
+    } else {
+        let src = Endpoint {
+            ip: Some(remote),
+            scope: Some(s.of_addr(remote)),
+            ..Default::default()
+        };
+        let dst = Endpoint {
+            ip: Some(local),
+            port: Some(key.server_port),
+            scope: Some(s.of_local_end(key.netns, local)),
+            ..Default::default()
+        };
+        (Direction::Ingress, src, dst)
+    };
+    let process = (key.is_connect() && c.pid_tgid != 0).then(|| Process {
+        pid: c.pid_tgid as u32,
+        tgid: (c.pid_tgid >> 32) as u32,
+        comm: comm_str(&c.comm),
+        cgroup_id: key.cgroup_id,
+    });
+    let outcomes = Outcomes::from_counts(outcomes);
+    FlowRecord {
+        schema: record::SCHEMA_VERSION,
+        node: node.to_owned(),
+        protocol: Protocol::Tcp,
+        direction,
+        count: outcomes.total(),
+        outcomes,
+        pre_existing,
+        first_seen: wall(c.first_seen_ns),
+        last_seen: wall(c.last_seen_ns),
+        netns: key.netns,
+        process,
+        src,
+        dst,
+        verdict: None,
+        reason: None,
+        rule: None,
+        model: None,
+    }
 }
 
 /// A held record goes through attribution again from its raw addresses and scopes.

@@ -1,4 +1,5 @@
-//! Project tasks. `cargo xtask test` is the test command CI runs; `cargo xtask demo` the demo.
+//! Project tasks. `cargo xtask test` is the test command CI runs; `cargo xtask demo` the demo;
+//! `cargo xtask bench` the benchmarks (BENCHMARKS.md).
 //! Each task first runs `scripts/bootstrap.sh`, which installs what a fresh machine lacks and
 //! says what it installs.
 
@@ -9,6 +10,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+mod bench;
 mod demo;
 use clap::{Parser, Subcommand};
 
@@ -43,6 +45,9 @@ enum Task {
         #[arg(long)]
         no_build: bool,
     },
+    /// Benchmarks: cost per connection against a baseline and the tools users would pick
+    /// instead, kernel program run time, pipeline throughput, memory, exactness, latency.
+    Bench(bench::BenchArgs),
 }
 
 fn root() -> PathBuf {
@@ -147,5 +152,6 @@ fn main() -> Result<()> {
             metrics_addr,
             no_build,
         } => demo(linger_seconds, out, metrics_addr, no_build),
+        Task::Bench(args) => bench::bench(&args),
     }
 }

@@ -1,0 +1,104 @@
+//! `cargo xtask bench --smoke --no-build`: every scenario of the benchmark at tiny sizes, through the real
+//! command. It checks the harness and the report's shape, never timings (the machine may be
+//! busy); the exactness scenario's counts are a correctness property and are checked.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+#[test]
+fn bench_smoke_mode_produces_a_complete_report() {
+    observer_tests::require_root();
+    let out = tempfile::tempdir().expect("tempdir");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "run", "-q", "-p", "xtask", "--", "bench", "--smoke", "--output",
+        ])
+        .arg(out.path())
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .status()
+        .expect("run cargo xtask bench --smoke");
+    assert!(
+        status.success(),
+        "cargo xtask bench --smoke failed: {status}"
+    );
+    let text = std::fs::read_to_string(out.path().join("report.json")).expect("report.json");
+    let r: Value = serde_json::from_str(&text).expect("report is JSON");
+    assert_eq!(r["mode"], "smoke");
+    for key in ["kernel", "nproc", "cpu", "loadavg_start", "loadavg_end"] {
+        assert!(
+            !r["machine"][key].is_null(),
+            "machine.{key} missing:\n{text}"
+        );
+    }
+
+    let rows = r["connection_cost"]["rows"].as_array().expect("rows");
+    // Four workloads, each with the agent and every installed peer.
+    assert!(rows.len() >= 4 && rows.len().is_multiple_of(4), "{rows:#?}");
+    for row in rows {
+        for key in [
+            "workload",
+            "config",
+            "pairs",
+            "baseline_per_second",
+            "attached_per_second",
+        ] {
+            assert!(!row[key].is_null(), "{key} missing in {row}");
+        }
+        assert!(
+            row["ratio_median"].as_f64().is_some_and(|x| x > 0.0),
+            "{row}"
+        );
+        assert_eq!(row["ratio_ci95"].as_array().map(Vec::len), Some(2), "{row}");
+    }
+    let configs: Vec<&str> = rows.iter().filter_map(|x| x["config"].as_str()).collect();
+    assert!(configs.contains(&"agent"));
+    // A peer is either measured or named as skipped.
+    let skipped = r["peers_skipped"].as_array().expect("peers_skipped");
+    for peer in ["bpftrace", "tcplife"] {
+        assert!(
+            configs.contains(&peer)
+                || skipped
+                    .iter()
+                    .any(|s| s.as_str().is_some_and(|s| s.starts_with(peer))),
+            "{peer} neither measured nor skipped"
+        );
+    }
+
+    let k = &r["kernel_program"];
+    for key in [
+        "recording_new_flow_ns_per_run",
+        "recording_existing_flow_ns_per_run",
+        "filtered_ns_per_run",
+    ] {
+        assert!(k[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {k}");
+    }
+    assert!(
+        r["pipeline"]["events_per_cpu_second"]
+            .as_f64()
+            .is_some_and(|x| x > 0.0)
+    );
+    assert!(r["memory"]["rss_mib"].as_f64().is_some_and(|x| x > 0.0));
+    assert!(
+        r["memory"]["bpf_maps_mib"]
+            .as_f64()
+            .is_some_and(|x| x > 0.0)
+    );
+
+    let e = &r["exactness"];
+    assert!(e["connections_made"].as_u64().is_some_and(|n| n > 0), "{e}");
+    assert_eq!(e["exported_egress"], e["connections_made"], "{e}");
+    assert_eq!(e["exported_ingress"], e["connections_made"], "{e}");
+    assert_eq!(e["lost"].as_f64(), Some(0.0), "{e}");
+    assert_eq!(r["latency"]["missed"], 0, "{}", r["latency"]);
+
+    let targets = r["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 9, "{targets:#?}");
+    for t in targets {
+        assert!(t["target"].is_string() && t["value"].is_string(), "{t}");
+        assert!(t["met"].is_boolean() || t["met"].is_null(), "{t}");
+    }
+    let md = std::fs::read_to_string(out.path().join("report.md")).expect("report.md");
+    assert!(md.contains("| target | measured |"), "{md}");
+}

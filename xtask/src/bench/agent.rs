@@ -1,0 +1,362 @@
+//! The agent under test (`observer run` in full), what the kernel and /proc say about it, and
+//! the peers measured on the same hook (bpftrace, BCC's tcplife).
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use super::lab::{Proc, sh};
+
+/// Paths the agent runs with.
+#[derive(Clone)]
+pub struct AgentSetup {
+    pub bin: PathBuf,
+    pub architecture: PathBuf,
+    pub inventory: PathBuf,
+    pub dir: PathBuf,
+}
+
+pub struct Agent {
+    proc: Option<Proc>,
+    pub pid: u32,
+    pub metrics_addr: String,
+    pub flow_log: PathBuf,
+    log: PathBuf,
+    scraping: Arc<AtomicBool>,
+}
+
+impl Agent {
+    /// `observer run` with the Trackunit model, the generated inventory, a flow log file and
+    /// /metrics on a free port that the bench scrapes once a second, as Prometheus would.
+    pub fn start(setup: &AgentSetup, name: &str) -> Result<Agent> {
+        let flow_log = setup.dir.join(format!("{name}.flows.jsonl"));
+        let log = setup.dir.join(format!("{name}.agent.log"));
+        let _ = std::fs::remove_file(&flow_log);
+        let mut cmd = Command::new(&setup.bin);
+        cmd.arg("run")
+            .arg("--architecture")
+            .arg(&setup.architecture)
+            .arg("--inventory")
+            .arg(&setup.inventory)
+            .arg("--flow-log")
+            .arg(&flow_log)
+            .args(["--metrics-addr", "127.0.0.1:0", "--node", "bench-node"])
+            // Both ends of every storm connection live on this one machine: report the
+            // accepted side too, so exactness can be checked at both ends.
+            .args(["--ingress", "all"])
+            .args([
+                "--pod-cidr",
+                "10.244.0.0/16",
+                "--service-cidr",
+                "10.96.0.0/12",
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).context("agent log")?);
+        let mut proc = Proc::spawn(cmd)?;
+        let pid = proc.0.id();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let metrics_addr = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(rest) = text.split("on http://").nth(1) {
+                break rest.split_whitespace().next().unwrap_or("").to_owned();
+            }
+            if let Some(status) = proc.0.try_wait()? {
+                bail!("agent exited with {status} before serving:\n{text}");
+            }
+            if Instant::now() > deadline {
+                bail!("agent did not serve within 60 s:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let agent = Agent {
+            proc: Some(proc),
+            pid,
+            metrics_addr,
+            flow_log,
+            log,
+            scraping: Arc::new(AtomicBool::new(true)),
+        };
+        while agent.get("/readyz").0 != 200 {
+            if Instant::now() > deadline {
+                bail!("agent not ready within 60 s:\n{}", agent.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (addr, on) = (agent.metrics_addr.clone(), agent.scraping.clone());
+        std::thread::spawn(move || {
+            while on.load(Ordering::Relaxed) {
+                let _ = http_get(&addr, "/metrics");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        Ok(agent)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(&self.metrics_addr, path)
+    }
+
+    /// Every sample of /metrics: (name with labels, value).
+    pub fn metrics(&self) -> Vec<(String, f64)> {
+        self.get("/metrics")
+            .1
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// SIGTERM and wait for the final flush (at most 30 s).
+    pub fn stop(mut self) -> Result<()> {
+        self.scraping.store(false, Ordering::Relaxed);
+        let Some(mut proc) = self.proc.take() else {
+            return Ok(());
+        };
+        sh("kill", &["-TERM", &self.pid.to_string()])?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = proc.0.try_wait()? {
+                if !status.success() {
+                    bail!("agent exited with {status}:\n{}", self.log());
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("agent did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.scraping.store(false, Ordering::Relaxed);
+    }
+}
+
+/// A plain HTTP/1.0 GET: (status, body); (0, "") when the agent does not answer.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// CPU time and context switches of a process and all its threads.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcSample {
+    pub at: Option<Instant>,
+    /// utime + stime, seconds.
+    pub cpu_s: f64,
+    /// voluntary + nonvoluntary context switches over all threads: wake-ups.
+    pub switches: u64,
+    pub rss_kib: u64,
+}
+
+impl ProcSample {
+    pub fn take(pid: u32) -> ProcSample {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command (which may contain spaces) start at field 3.
+        let fields: Vec<&str> = stat
+            .rsplit_once(") ")
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        // utime and stime are fields 14 and 15, in clock ticks (USER_HZ, 100 on Linux).
+        let cpu_s = (ticks(11) + ticks(12)) as f64 / 100.0;
+        let mut switches = 0;
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+                switches += status_field(&status, "voluntary_ctxt_switches:")
+                    + status_field(&status, "nonvoluntary_ctxt_switches:");
+            }
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        ProcSample {
+            at: Some(Instant::now()),
+            cpu_s,
+            switches,
+            rss_kib: status_field(&status, "VmRSS:"),
+        }
+    }
+
+    /// (CPU seconds, wake-ups per second) between `self` and a later sample.
+    pub fn until(&self, later: &ProcSample) -> (f64, f64) {
+        let secs = match (self.at, later.at) {
+            (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
+            _ => f64::NAN,
+        };
+        (
+            later.cpu_s - self.cpu_s,
+            later.switches.saturating_sub(self.switches) as f64 / secs,
+        )
+    }
+}
+
+fn status_field(status: &str, name: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `(fdinfo text)` of every BPF object fd the process holds, with the given marker line.
+fn bpf_fdinfos(pid: u32, marker: &str) -> Vec<String> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter(|t| t.lines().any(|l| l.starts_with(marker)))
+        .collect()
+}
+
+/// The kernel's run statistics of the agent's program, from its fd's fdinfo: (run time in ns,
+/// runs). By the agent's pid: other agents may be loaded on the same machine.
+pub fn program_stats(pid: u32) -> Result<(u64, u64)> {
+    let info = bpf_fdinfos(pid, "prog_type:")
+        .into_iter()
+        .next()
+        .context("the agent holds no BPF program")?;
+    Ok((
+        status_field(&info, "run_time_ns:"),
+        status_field(&info, "run_cnt:"),
+    ))
+}
+
+/// Memory charged for the agent's BPF maps (fdinfo `memlock`), by map name (from bpftool).
+pub fn map_memory(pid: u32) -> Result<Vec<(String, u64)>> {
+    let mut seen = std::collections::BTreeMap::new();
+    for info in bpf_fdinfos(pid, "map_type:") {
+        seen.insert(
+            status_field(&info, "map_id:"),
+            status_field(&info, "memlock:"),
+        );
+    }
+    Ok(seen
+        .into_iter()
+        .map(|(id, bytes)| {
+            let name = sh("bpftool", &["map", "show", "id", &id.to_string(), "--json"])
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .and_then(|v| v["name"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("id {id}"));
+            (name, bytes)
+        })
+        .collect())
+}
+
+/// A peer tracer on the same tracepoint, started and stopped around a block of storms.
+pub struct Peer {
+    proc: Proc,
+}
+
+/// Connects per flow (source, destination, port), counted when the handshake ends. bpftrace 0.17
+/// takes no arrays as map keys, hence `ntop` (which stores the address; it is formatted only
+/// when the map is printed).
+pub const BPFTRACE_SCRIPT: &str = "tracepoint:sock:inet_sock_set_state /args->protocol == 6 && args->oldstate == 2/ { @connects[ntop(args->saddr), ntop(args->daddr), args->dport] = count(); }";
+
+/// Which peers are installed; the others are named with why.
+pub fn peers_available() -> (Vec<&'static str>, Vec<String>) {
+    let mut ok = Vec::new();
+    let mut missing = Vec::new();
+    for (name, path) in [("bpftrace", "/usr/bin/bpftrace"), ("tcplife", TCPLIFE)] {
+        if Path::new(path).exists() {
+            ok.push(name);
+        } else {
+            missing.push(format!("{name}: {path} is not installed"));
+        }
+    }
+    (ok, missing)
+}
+
+/// tcplife as libbpf-tools builds it (Debian `libbpf-tools`): BCC's tool ported to CO-RE. BCC's
+/// own `tcplife-bpfcc` compiles its program at start and needs the running kernel's headers,
+/// which kernels without CONFIG_IKHEADERS and without a headers package (this one) lack.
+pub const TCPLIFE: &str = "/usr/sbin/tcplife";
+
+impl Peer {
+    pub fn start(name: &'static str, dir: &Path) -> Result<Peer> {
+        let out = dir.join(format!("{name}.out"));
+        let mut cmd = match name {
+            "bpftrace" => {
+                let mut c = Command::new("bpftrace");
+                c.args(["-e", BPFTRACE_SCRIPT]);
+                c
+            }
+            _ => Command::new(TCPLIFE),
+        };
+        cmd.stdout(std::fs::File::create(&out)?)
+            .stderr(std::fs::File::create(dir.join(format!("{name}.err")))?);
+        let mut proc = Proc::spawn(cmd)?;
+        // Loaded once it holds a BPF program (its output is block-buffered in a file, so a
+        // banner may not show); both attach right after loading.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let pid = proc.0.id();
+        while bpf_fdinfos(pid, "prog_type:").is_empty() {
+            if let Some(status) = proc.0.try_wait()? {
+                let err =
+                    std::fs::read_to_string(dir.join(format!("{name}.err"))).unwrap_or_default();
+                bail!("{name} exited with {status} before attaching: {err}");
+            }
+            if Instant::now() > deadline {
+                bail!("{name} did not load a BPF program within 120 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(1000));
+        Ok(Peer { proc })
+    }
+
+    /// SIGINT (bpftrace prints its maps then), then wait at most 10 s.
+    pub fn stop(mut self) {
+        let _ = sh("kill", &["-INT", &self.proc.0.id().to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.proc.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

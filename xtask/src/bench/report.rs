@@ -1,0 +1,265 @@
+//! The report's targets (from the benchmark issue) and its Markdown form (BENCHMARKS.md).
+
+use std::fmt::Write;
+
+use serde_json::{Value, json};
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+fn row(target: &str, value: String, met: Option<bool>) -> Value {
+    json!({"target": target, "value": value, "met": met})
+}
+
+/// One row per target of the issue: what was measured and whether it met the target (null when
+/// it could not be measured in this run).
+pub fn targets(r: &Value) -> Value {
+    let rows = r["connection_cost"]["rows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let ratios = |config: &str| -> Vec<(String, f64)> {
+        rows.iter()
+            .filter(|x| x["config"] == config)
+            .map(|x| {
+                (
+                    x["workload"].as_str().unwrap_or("").to_owned(),
+                    f(&x["ratio_median"]),
+                )
+            })
+            .collect()
+    };
+    let agent = ratios("agent");
+    let worst = agent.iter().map(|a| a.1).fold(f64::INFINITY, f64::min);
+    let mut out = vec![row(
+        "agent within 3 % of the no-tracer baseline on the storm",
+        format!("worst workload: {:.1} % slower", (1.0 - worst) * 100.0),
+        Some(worst >= 0.97),
+    )];
+    let peers: Vec<&str> = ["bpftrace", "tcplife"]
+        .into_iter()
+        .filter(|p| rows.iter().any(|x| x["config"] == *p))
+        .collect();
+    let cheaper = peers
+        .iter()
+        .all(|p| ratios(p).iter().zip(&agent).all(|(peer, a)| a.1 > peer.1));
+    out.push(row(
+        "agent cheaper than both peers (bpftrace, tcplife)",
+        if peers.len() == 2 {
+            format!(
+                "{} in every workload",
+                if cheaper { "cheaper" } else { "not cheaper" }
+            )
+        } else {
+            format!("peers measured: {peers:?}")
+        },
+        (peers.len() == 2).then_some(cheaper),
+    ));
+    let k = &r["kernel_program"];
+    let rec =
+        f(&k["recording_new_flow_ns_per_run"]).max(f(&k["recording_existing_flow_ns_per_run"]));
+    out.push(row(
+        "kernel program ≤ 250 ns per recording run",
+        format!(
+            "{:.0} ns (new flow), {:.0} ns (existing flow)",
+            f(&k["recording_new_flow_ns_per_run"]),
+            f(&k["recording_existing_flow_ns_per_run"])
+        ),
+        Some(rec <= 250.0),
+    ));
+    let filt = f(&k["filtered_ns_per_run"]);
+    out.push(row(
+        "kernel program ≤ 60 ns per filtered run",
+        format!("{filt:.0} ns"),
+        Some(filt <= 60.0),
+    ));
+    let c = &r["connection_cost"];
+    let wake = f(&c["agent_wakeups_per_second_max"]).max(f(&k["agent_idle_wakeups_per_second"]));
+    out.push(row(
+        "≤ 100 agent wake-ups per second at any event rate",
+        format!(
+            "{:.0}/s idle, {:.0}/s during storms (max)",
+            f(&k["agent_idle_wakeups_per_second"]),
+            f(&c["agent_wakeups_per_second_max"])
+        ),
+        Some(wake <= 100.0),
+    ));
+    let p = f(&r["pipeline"]["events_per_cpu_second"]);
+    out.push(row(
+        "pipeline ≥ 1,000,000 events/s per core",
+        format!("{p:.0} events/s per core"),
+        Some(p >= 1e6),
+    ));
+    let m = &r["memory"];
+    out.push(row(
+        "agent ≤ 64 MiB resident with the inventory (10,000 pods, 2,000 services) and 50,000 flows",
+        format!(
+            "{:.1} MiB ({} flows tracked; {:.1} MiB with the inventory alone)",
+            f(&m["rss_mib"]),
+            m["flows_tracked"],
+            f(&m["rss_mib_inventory_only"])
+        ),
+        Some(f(&m["rss_mib"]) <= 64.0),
+    ));
+    let e = &r["exactness"];
+    out.push(row(
+        "zero lost counts",
+        format!(
+            "{} connections made, {} exported (egress), {} (ingress), losses {}",
+            e["connections_made"], e["exported_egress"], e["exported_ingress"], e["lost"]
+        ),
+        Some(e["exact"] == true && f(&e["lost"]) == 0.0),
+    ));
+    let l = &r["latency"];
+    let p99 = f(&l["flow_log_ms_p99"]).max(f(&l["metric_ms_p99"]));
+    out.push(row(
+        "detection p99 ≤ 1 s",
+        format!(
+            "flow log p99 {:.0} ms, /metrics p99 {:.0} ms ({} missed)",
+            f(&l["flow_log_ms_p99"]),
+            f(&l["metric_ms_p99"]),
+            l["missed"]
+        ),
+        Some(p99 <= 1000.0 && l["missed"] == 0),
+    ));
+    Value::Array(out)
+}
+
+fn met(v: &Value) -> &'static str {
+    match v.as_bool() {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "not measured",
+    }
+}
+
+pub fn markdown(r: &Value) -> String {
+    let mut s = String::new();
+    let m = &r["machine"];
+    let _ = writeln!(s, "# Benchmarks\n");
+    let _ = writeln!(
+        s,
+        "Latest `{}` run ({} mode). Regenerate with `cargo xtask bench` (as root; about 15 minutes); it rewrites this file.\n",
+        r["command"].as_str().unwrap_or(""),
+        r["mode"].as_str().unwrap_or(""),
+    );
+    let _ = writeln!(
+        s,
+        "Machine: Linux {}, {} CPUs ({}), load average {} at start and {} at end; kernel.bpf_stats_enabled={} at start.\n",
+        m["kernel"].as_str().unwrap_or(""),
+        m["nproc"],
+        m["cpu"].as_str().unwrap_or(""),
+        m["loadavg_start"].as_str().unwrap_or(""),
+        m["loadavg_end"].as_str().unwrap_or(""),
+        m["bpf_stats_enabled"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(s, "## Targets\n\n| target | measured | |\n|---|---|---|");
+    for t in r["targets"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} |",
+            t["target"].as_str().unwrap_or(""),
+            t["value"].as_str().unwrap_or(""),
+            met(&t["met"])
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n## Connection cost\n\nConnections per second of a connect/accept/close storm between two network namespaces on an isolated bridge (medians over {} pairs; ratio = with / without, per pair; 95 % bootstrap interval of the median ratio).\n",
+        r["connection_cost"]["rows"][0]["pairs"]
+    );
+    let _ = writeln!(
+        s,
+        "| workload | attached | baseline conn/s | attached conn/s | ratio | 95 % CI |\n|---|---|---:|---:|---:|---|"
+    );
+    for x in r["connection_cost"]["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | {:.0} | {:.3} | {:.3}–{:.3} |",
+            x["workload"].as_str().unwrap_or(""),
+            x["config"].as_str().unwrap_or(""),
+            f(&x["baseline_per_second"]),
+            f(&x["attached_per_second"]),
+            f(&x["ratio_median"]),
+            f(&x["ratio_ci95"][0]),
+            f(&x["ratio_ci95"][1])
+        );
+    }
+    for p in r["peers_skipped"].as_array().into_iter().flatten() {
+        let _ = writeln!(s, "\n**Peer skipped**: {}", p.as_str().unwrap_or(""));
+    }
+    let c = &r["connection_cost"];
+    let k = &r["kernel_program"];
+    let _ = writeln!(
+        s,
+        "\nAgent during the storms: {:.2} µs of CPU per connection, {:.0} wake-ups/s (median; max {:.0}); idle: {:.0} wake-ups/s. Traces: {}.\n",
+        f(&c["agent_cpu_us_per_connection"]),
+        f(&c["agent_wakeups_per_second"]),
+        f(&c["agent_wakeups_per_second_max"]),
+        f(&k["agent_idle_wakeups_per_second"]),
+        r["traces"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(
+        s,
+        "## Kernel program\n\n| runs | ns per run | runs measured |\n|---|---:|---:|\n| recording, new flow (refused connects to distinct ports) | {:.0} | {} |\n| recording, existing flow (refused connects to one port) | {:.0} | {} |\n| filtered (closing {} connections opened before the agent) | {:.0} | {} |\n",
+        f(&k["recording_new_flow_ns_per_run"]),
+        k["recording_new_flow_runs"],
+        f(&k["recording_existing_flow_ns_per_run"]),
+        k["recording_existing_flow_runs"],
+        k["filtered_connections_closed"],
+        f(&k["filtered_ns_per_run"]),
+        k["filtered_runs"]
+    );
+    let p = &r["pipeline"];
+    let _ = writeln!(
+        s,
+        "## Pipeline\n\n{} events over {} flows (inventory: {} pods, {} services): {:.0} events/s per core (thread CPU time), {:.0} events/s wall; {} expected, {} unexpected.\n",
+        p["events"],
+        p["flows"],
+        p["pods"],
+        p["services"],
+        f(&p["events_per_cpu_second"]),
+        f(&p["events_per_second"]),
+        p["expected"],
+        p["unexpected"]
+    );
+    let mem = &r["memory"];
+    let _ = writeln!(
+        s,
+        "## Memory\n\n| | MiB |\n|---|---:|\n| agent resident, inventory loaded | {:.1} |\n| agent resident, {} flows tracked | {:.1} |\n| agent peak resident | {:.1} |\n| BPF maps before / after | {:.1} / {:.1} |\n",
+        f(&mem["rss_mib_inventory_only"]),
+        mem["flows_tracked"],
+        f(&mem["rss_mib"]),
+        f(&mem["rss_peak_mib"]),
+        f(&mem["bpf_maps_mib_before"]),
+        f(&mem["bpf_maps_mib"])
+    );
+    let e = &r["exactness"];
+    let _ = writeln!(
+        s,
+        "## Exactness\n\n{} connections (RST close, 2 threads, {} flows) in {:.1} s: flow log counts {} egress, {} ingress; loss counters {}.\n",
+        e["connections_made"],
+        e["flows"],
+        f(&e["seconds"]),
+        e["exported_egress"],
+        e["exported_ingress"],
+        e["lost"]
+    );
+    let l = &r["latency"];
+    let _ = writeln!(
+        s,
+        "## Detection latency\n\nFrom the kernel's first_seen of {} new flows: flow log p50 {:.0} ms, p99 {:.0} ms; /metrics p50 {:.0} ms, p99 {:.0} ms.\n",
+        l["flows"],
+        f(&l["flow_log_ms_p50"]),
+        f(&l["flow_log_ms_p99"]),
+        f(&l["metric_ms_p50"]),
+        f(&l["metric_ms_p99"])
+    );
+    s.push_str(include_str!("notes.md"));
+    s
+}
