@@ -398,10 +398,12 @@ impl Agent {
     fn finish(&mut self, mut record: FlowRecord, held_until: Option<Instant>) {
         let index = self.index.as_ref().map(IndexHandle::snapshot);
         let model = self.opts.model.as_ref().map(|(_, h)| h.current());
-        let names = self.names.lock().map(|n| n.clone()).unwrap_or_default();
+        // Borrowed under the lock, never copied: this runs once per record.
+        let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
         let attributed =
             self.attributor
                 .attribute(&mut record, index.as_deref(), model.as_deref(), &names);
+        drop(names);
         if left_to_source_node(self.opts.ingress, &record) {
             // Decided before holding: whatever the index learns, this agent will not report it,
             // so it neither waits nor counts as unattributed.
