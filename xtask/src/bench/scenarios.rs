@@ -309,16 +309,18 @@ fn sample(metrics: &[(String, f64)], prefix: &str) -> f64 {
 }
 
 /// Kernel and agent loss counters (start_not_seen is informational, not a loss).
-fn losses(metrics: &[(String, f64)]) -> f64 {
-    metrics
-        .iter()
-        .filter(|(k, _)| {
-            (k.starts_with("observer_kernel_losses_total") && !k.contains("start_not_seen"))
-                || k.starts_with("observer_agent_losses_total")
-                || k.starts_with("observer_kernel_program_recursion_misses_total")
-        })
-        .map(|(_, v)| v)
-        .sum()
+fn losses(metrics: &[(String, f64)]) -> (f64, f64) {
+    let sum = |keep: &dyn Fn(&str) -> bool| -> f64 {
+        metrics
+            .iter()
+            .filter(|(k, _)| keep(k))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    (
+        sum(&|k| k.starts_with("observer_kernel_losses_total") && !k.contains("start_not_seen")),
+        sum(&|k| k.starts_with("observer_agent_losses_total")),
+    )
 }
 
 /// Issue item 3, memory: resident set and BPF map memory with the inventory, before and after `flows`
@@ -404,6 +406,10 @@ pub fn exactness(ctx: &Ctx) -> Result<Value> {
         ));
     }
     let connections = made["connections"].as_u64().unwrap_or(0);
+    let (kernel_losses, agent_losses) = losses(&metrics);
+    // The client is a pod of the inventory, so with the default `--ingress external` its
+    // accepted connections are left to the client's node (counted, not logged).
+    let left = sample(&metrics, "observer_ingress_left_to_source_node_total") as u64;
     Ok(json!({
         "connections_made": connections,
         "connects_failed": made["failed"],
@@ -411,8 +417,12 @@ pub fn exactness(ctx: &Ctx) -> Result<Value> {
         "flows": flows.len(),
         "exported_egress": egress,
         "exported_ingress": ingress,
-        "lost": losses(&metrics),
-        "exact": egress == connections && ingress == connections,
+        "ingress_left_to_source_node": left,
+        "kernel_losses": kernel_losses,
+        "agent_losses": agent_losses,
+        "lost": kernel_losses + agent_losses,
+        "recursion_misses": sample(&metrics, "observer_kernel_program_recursion_misses_total"),
+        "exact": egress == connections && ingress + left == connections,
     }))
 }
 
