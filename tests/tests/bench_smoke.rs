@@ -89,10 +89,7 @@ fn bench_smoke_mode_produces_a_complete_report() {
     let e = &r["exactness"];
     assert!(e["connections_made"].as_u64().is_some_and(|n| n > 0), "{e}");
     assert_eq!(e["exported_egress"], e["connections_made"], "{e}");
-    // Accepted connections from a pod are left to the pod's node (`--ingress external`).
-    let ingress = e["exported_ingress"].as_u64().unwrap_or(0)
-        + e["ingress_left_to_source_node"].as_u64().unwrap_or(0);
-    assert_eq!(Some(ingress), e["connections_made"].as_u64(), "{e}");
+    assert_eq!(e["exported_ingress"], e["connections_made"], "{e}");
     assert_eq!(e["lost"].as_f64(), Some(0.0), "{e}");
     assert_eq!(r["latency"]["missed"], 0, "{}", r["latency"]);
 

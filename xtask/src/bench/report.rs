@@ -106,10 +106,10 @@ pub fn targets(r: &Value) -> Value {
     out.push(row(
         "zero lost counts",
         format!(
-            "{} connections made, {} exported (egress), {} accepted (ingress, left to the source's node), loss counters {}, recursion misses {}",
+            "{} connections made, {} exported (egress), {} (ingress), loss counters {}, recursion misses {}",
             e["connections_made"],
             e["exported_egress"],
-            f(&e["exported_ingress"]) + f(&e["ingress_left_to_source_node"]),
+            e["exported_ingress"],
             e["lost"],
             e["recursion_misses"]
         ),
@@ -246,13 +246,12 @@ pub fn markdown(r: &Value) -> String {
     let e = &r["exactness"];
     let _ = writeln!(
         s,
-        "## Exactness\n\n{} connections (RST close, 2 threads, {} flows) in {:.1} s: flow log counts {} egress, {} ingress; {} accepted connections left to the source's node (`--ingress external`: the client is a pod); kernel loss counters {}, agent loss counters {}; runs the kernel skipped as recursion (`observer_kernel_program_recursion_misses_total`) {}.\n",
+        "## Exactness\n\n{} connections (RST close, 2 threads, {} flows) in {:.1} s: flow log counts {} egress, {} ingress (agent with `--ingress all`); kernel loss counters {}, agent loss counters {}; runs the kernel skipped as recursion (`observer_kernel_program_recursion_misses_total`) {}.\n",
         e["connections_made"],
         e["flows"],
         f(&e["seconds"]),
         e["exported_egress"],
         e["exported_ingress"],
-        e["ingress_left_to_source_node"],
         e["kernel_losses"],
         e["agent_losses"],
         e["recursion_misses"]
