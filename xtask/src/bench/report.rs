@@ -106,8 +106,12 @@ pub fn targets(r: &Value) -> Value {
     out.push(row(
         "zero lost counts",
         format!(
-            "{} connections made, {} exported (egress), {} (ingress), losses {}",
-            e["connections_made"], e["exported_egress"], e["exported_ingress"], e["lost"]
+            "{} connections made, {} exported (egress), {} (ingress), loss counters {}, recursion misses {}",
+            e["connections_made"],
+            e["exported_egress"],
+            e["exported_ingress"],
+            e["lost"],
+            e["recursion_misses"]
         ),
         Some(e["exact"] == true && f(&e["lost"]) == 0.0),
     ));
@@ -242,13 +246,15 @@ pub fn markdown(r: &Value) -> String {
     let e = &r["exactness"];
     let _ = writeln!(
         s,
-        "## Exactness\n\n{} connections (RST close, 2 threads, {} flows) in {:.1} s: flow log counts {} egress, {} ingress; loss counters {}.\n",
+        "## Exactness\n\n{} connections (RST close, 2 threads, {} flows) in {:.1} s: flow log counts {} egress, {} ingress (agent with `--ingress all`); kernel loss counters {}, agent loss counters {}; runs the kernel skipped as recursion (`observer_kernel_program_recursion_misses_total`) {}.\n",
         e["connections_made"],
         e["flows"],
         f(&e["seconds"]),
         e["exported_egress"],
         e["exported_ingress"],
-        e["lost"]
+        e["kernel_losses"],
+        e["agent_losses"],
+        e["recursion_misses"]
     );
     let l = &r["latency"];
     let _ = writeln!(

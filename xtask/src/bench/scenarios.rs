@@ -309,16 +309,18 @@ fn sample(metrics: &[(String, f64)], prefix: &str) -> f64 {
 }
 
 /// Kernel and agent loss counters (start_not_seen is informational, not a loss).
-fn losses(metrics: &[(String, f64)]) -> f64 {
-    metrics
-        .iter()
-        .filter(|(k, _)| {
-            (k.starts_with("observer_kernel_losses_total") && !k.contains("start_not_seen"))
-                || k.starts_with("observer_agent_losses_total")
-                || k.starts_with("observer_kernel_program_recursion_misses_total")
-        })
-        .map(|(_, v)| v)
-        .sum()
+fn losses(metrics: &[(String, f64)]) -> (f64, f64) {
+    let sum = |keep: &dyn Fn(&str) -> bool| -> f64 {
+        metrics
+            .iter()
+            .filter(|(k, _)| keep(k))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    (
+        sum(&|k| k.starts_with("observer_kernel_losses_total") && !k.contains("start_not_seen")),
+        sum(&|k| k.starts_with("observer_agent_losses_total")),
+    )
 }
 
 /// Issue item 3, memory: resident set and BPF map memory with the inventory, before and after `flows`
@@ -369,7 +371,9 @@ pub fn memory(ctx: &Ctx) -> Result<Value> {
 
 /// Issue item 4, exactness: a storm across many flows; the flow log's counts against the connections made.
 pub fn exactness(ctx: &Ctx) -> Result<Value> {
-    let agent = Agent::start(&ctx.agent, "exact")?;
+    // Every accepted connection logged too (by default those from a pod are left to the pod's
+    // node), so both ends of each connection are checked, per namespace.
+    let agent = Agent::start_with(&ctx.agent, "exact", &["--ingress", "all"])?;
     let made = ctx.storm(&[
         "connect",
         &ctx.targets(SERVE_PORTS.count()),
@@ -404,6 +408,7 @@ pub fn exactness(ctx: &Ctx) -> Result<Value> {
         ));
     }
     let connections = made["connections"].as_u64().unwrap_or(0);
+    let (kernel_losses, agent_losses) = losses(&metrics);
     Ok(json!({
         "connections_made": connections,
         "connects_failed": made["failed"],
@@ -411,7 +416,10 @@ pub fn exactness(ctx: &Ctx) -> Result<Value> {
         "flows": flows.len(),
         "exported_egress": egress,
         "exported_ingress": ingress,
-        "lost": losses(&metrics),
+        "kernel_losses": kernel_losses,
+        "agent_losses": agent_losses,
+        "lost": kernel_losses + agent_losses,
+        "recursion_misses": sample(&metrics, "observer_kernel_program_recursion_misses_total"),
         "exact": egress == connections && ingress == connections,
     }))
 }
