@@ -6,6 +6,7 @@ pub mod capture;
 pub mod cgroups;
 pub mod check;
 pub mod cli;
+pub mod dns;
 pub mod flowlog;
 pub mod http;
 pub mod inventory;
