@@ -3,13 +3,14 @@
 # Idempotent: each step checks first and is skipped when already satisfied.
 #   - Debian packages: llvm-22-dev (bpf-linker links against LLVM 22, the nightly's LLVM),
 #     bpftool, iptables (tests drop SYNs / emulate kube-proxy DNAT), prometheus (promtool, alert tests,
-#     the report's Prometheus source), chromium (headless: the HTML report test reads its DOM).
+#     the report's Prometheus source), chromium (headless: the HTML report test reads its DOM),
+#     dnsmasq-base (the DNS tests' name server, run in a test namespace; no service is installed).
 #   - rust-src for the nightly toolchain (the kernel crate is built with -Z build-std=core).
 #   - bpf-linker 0.13 from crates.io, built against Debian's LLVM 22.
 set -euo pipefail
 log() { echo "[bootstrap] $*" >&2; }
 
-PKGS=(llvm-22-dev libpolly-22-dev bpftool iptables prometheus chromium)
+PKGS=(llvm-22-dev libpolly-22-dev bpftool iptables prometheus chromium dnsmasq-base)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -153,13 +153,20 @@ pub mod loss {
     /// A handshake ended whose start was not seen (it began before the program was attached, or
     /// its socket entry was lost): counted without process; informational, not a lost count.
     pub const START_NOT_SEEN: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// A DNS response could not be handed to the agent (its ring was full): the names in it
+    /// are lost, so flows to its addresses fall back to the agent's own resolution.
+    pub const DNS_RING_FULL: u32 = 5;
+    /// A DNS query could not be counted (its map was full).
+    pub const DNS_QUERY_MAP_FULL: u32 = 6;
+    pub const COUNT: u32 = 7;
     pub const NAMES: [&str; COUNT as usize] = [
         "ring_full",
         "flow_map_full",
         "socket_map_full",
         "socket_read_failed",
         "start_not_seen",
+        "dns_ring_full",
+        "dns_query_map_full",
     ];
 }
 
@@ -171,6 +178,45 @@ pub mod names {
     pub const LOSSES: &str = "LOSSES";
     pub const PROGRAM: &str = "inet_sock_set_state";
     pub const TRACEPOINT: &str = "inet_sock_set_state";
+    /// DNS: responses delivered to sockets, and queries sent over UDP.
+    pub const DNS_RESPONSES: &str = "DNS_RESPONSES";
+    pub const DNS_QUERIES: &str = "DNS_QUERIES";
+    pub const DNS_SCRATCH: &str = "DNS_SCRATCH";
+    pub const DNS_INGRESS_PROGRAM: &str = "dns_responses";
+    pub const DNS_EGRESS_PROGRAM: &str = "dns_queries";
+}
+
+/// DNS over UDP and TCP: the well-known server port.
+pub const DNS_PORT: u16 = 53;
+/// The most DNS payload bytes one captured response carries to the agent. Larger responses
+/// (zone-sized TCP answers, EDNS answers past 4 KiB) arrive cut and are counted as truncated by
+/// the agent; a power of two, so the kernel can bound a length with a mask.
+pub const DNS_CAPTURE_MAX: usize = 4096;
+/// IP protocol numbers of the transports DNS runs on.
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Head of a captured DNS response in the `DNS_RESPONSES` ring; `captured_len` payload bytes
+/// follow it (the transport's payload from its first byte: for TCP, the message's 2-byte length
+/// prefix comes first).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DnsResponseHead {
+    /// Cgroup of the receiving socket (`bpf_skb_cgroup_id`).
+    pub cgroup_id: u64,
+    /// Network namespace (inode number) of the receiving socket: the pod the answer is for.
+    pub netns: u32,
+    /// Payload bytes that follow this head.
+    pub captured_len: u16,
+    /// Payload bytes the packet carried (more than `captured_len` when it was cut).
+    pub wire_len: u16,
+    pub family: u8,
+    /// [`IPPROTO_UDP`] or [`IPPROTO_TCP`].
+    pub transport: u8,
+    pub _pad: [u8; 6],
+    /// The answering server (the packet's source) and the receiver, laid out as in [`FlowKey`].
+    pub server_addr: [u8; 16],
+    pub client_addr: [u8; 16],
 }
 
 /// Byte offsets of the kernel structure fields the program reads, found in the running kernel's
@@ -195,6 +241,19 @@ pub struct SockOffsets {
     /// Explicit padding: keeps the size a multiple of 8 with no hidden bytes.
     pub _pad: u32,
 }
+
+/// Offsets the DNS programs read, found in BTF like [`SockOffsets`]: the socket's namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DnsOffsets {
+    /// Offset of the `struct net *` in `struct sock` (`__sk_common.skc_net.net`).
+    pub skc_net: u32,
+    /// Offset of `ns.inum` in `struct net`.
+    pub net_ns_inum: u32,
+}
+
+/// Name of the DNS programs' global holding [`DnsOffsets`].
+pub const DNS_OFFSETS_GLOBAL: &str = "DNS_OFFSETS";
 
 /// Name of the program's global holding [`SockOffsets`].
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";

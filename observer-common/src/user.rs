@@ -2,7 +2,10 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::{ConnectStart, FAMILY_V4, FlowCounters, FlowKey, NewFlow, Outcome, SockOffsets};
+use crate::{
+    ConnectStart, DnsOffsets, DnsResponseHead, FAMILY_V4, FlowCounters, FlowKey, NewFlow, Outcome,
+    SockOffsets,
+};
 
 // SAFETY for the impls below: each type is `#[repr(C)]`, made only of integers and byte
 // arrays, laid out without implicit padding (checked by `layouts_have_no_padding`), so every
@@ -13,7 +16,15 @@ macro_rules! pod {
         unsafe impl aya::Pod for $t {}
     )*};
 }
-pod!(FlowKey, FlowCounters, ConnectStart, NewFlow, SockOffsets);
+pod!(
+    FlowKey,
+    FlowCounters,
+    ConnectStart,
+    NewFlow,
+    SockOffsets,
+    DnsResponseHead,
+    DnsOffsets
+);
 
 fn addr(family: u8, bytes: [u8; 16]) -> IpAddr {
     if family == FAMILY_V4 {
@@ -75,6 +86,10 @@ mod tests {
         assert_eq!(size_of::<ConnectStart>(), 8 + 8 + 16);
         assert_eq!(size_of::<NewFlow>(), size_of::<FlowKey>());
         assert_eq!(size_of::<SockOffsets>(), 4 * 12);
+        assert_eq!(
+            size_of::<DnsResponseHead>(),
+            8 + 4 + 2 + 2 + 1 + 1 + 6 + 16 + 16
+        );
     }
 
     #[test]

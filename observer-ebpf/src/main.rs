@@ -14,11 +14,16 @@
 //! Every other transition (7 of the 10 a connection goes through) returns after comparing two
 //! integers from the context. Struct field offsets come from the running kernel's BTF through
 //! the `OFFSETS` global, which the agent sets at load time.
+//!
+//! Two `cgroup_skb` programs (`dns.rs`) see DNS: responses delivered to any socket, handed to
+//! the agent with the receiving network namespace, and UDP queries, counted per flow.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 // Atomic adds on map values: the BPF target has no atomic read-modify-write types.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", expect(internal_features, reason = "atomic_xadd"))]
 
+#[cfg(target_arch = "bpf")]
+mod dns;
 #[cfg(target_arch = "bpf")]
 mod program;
 

@@ -58,7 +58,7 @@ static NEW_FLOWS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// Per-CPU loss counters, indexed by `observer_common::loss`.
 #[map]
-static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(loss::COUNT, 0);
+pub(crate) static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(loss::COUNT, 0);
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {

@@ -138,6 +138,31 @@ pub struct RunArgs {
     /// Size of the new-flow ring buffer in bytes (a power of two, a multiple of the page size).
     #[arg(long, default_value_t = 256 * 1024)]
     pub ring_bytes: u32,
+    /// Do not capture DNS (the agent then names external addresses only through --hosts-file
+    /// or its own resolution of the architecture's exact host names, and needs no
+    /// CAP_NET_ADMIN).
+    #[arg(long)]
+    pub no_dns: bool,
+    /// The cgroup2 hierarchy's root, where the DNS programs attach (in a pod: the host's
+    /// /sys/fs/cgroup mounted read-only). Default: the cgroup2 mount in /proc/self/mounts.
+    #[arg(long, conflicts_with = "no_dns")]
+    pub dns_cgroup: Option<PathBuf>,
+    /// Size of the ring of captured DNS responses in bytes (a power of two, a multiple of the
+    /// page size); a full ring loses answers, counted in
+    /// observer_kernel_losses_total{kind="dns_ring_full"}.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub dns_ring_bytes: u32,
+    /// Capacity of the kernel map of UDP DNS query flows.
+    #[arg(long, default_value_t = 16_384)]
+    pub dns_query_map_size: u32,
+    /// Most (pod, address, name) entries learned from DNS answers; past it the entry nearest
+    /// to expiry is evicted and counted in observer_dns_names_evicted_total.
+    #[arg(long, default_value_t = 65_536)]
+    pub dns_max_names: usize,
+    /// How long past its TTL an answer still names its address (clients keep using an address
+    /// after the TTL, e.g. on a pooled connection).
+    #[arg(long, default_value = "5m", value_parser = duration)]
+    pub dns_grace: Duration,
 }
 
 #[derive(Debug, Args)]

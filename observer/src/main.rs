@@ -3,9 +3,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use observer::{
     architecture::{Architecture, ModelHandle},
-    capture::MapSizes,
+    capture::{DnsCaptureOptions, MapSizes},
     cli::{Cli, Command, RunArgs},
-    run::{InventorySource, RunError, RunOptions, run},
+    run::{DnsOptions, InventorySource, RunError, RunOptions, run},
     scope::Scoper,
 };
 use tracing_subscriber::EnvFilter;
@@ -93,7 +93,28 @@ fn run_command(args: RunArgs) -> ExitCode {
         }
         (None, None, _) => InventorySource::None,
     };
+    let dns = if args.no_dns {
+        None
+    } else {
+        let root = args.dns_cgroup.clone().or_else(|| {
+            std::fs::read_to_string("/proc/self/mounts")
+                .ok()
+                .and_then(|m| observer::cgroups::cgroup2_mount(&m))
+        });
+        let Some(cgroup_root) = root else {
+            eprintln!(
+                "observer: no cgroup2 hierarchy is mounted here, and DNS capture attaches to its root; mount it (mount -t cgroup2 none /sys/fs/cgroup) and pass --dns-cgroup DIR, or run with --no-dns"
+            );
+            return ExitCode::from(2);
+        };
+        Some(DnsOptions {
+            capture: DnsCaptureOptions { cgroup_root },
+            max_names: args.dns_max_names,
+            grace: args.dns_grace,
+        })
+    };
     let opts = RunOptions {
+        dns,
         model,
         inventory,
         hosts_file: args.hosts_file,
@@ -113,6 +134,8 @@ fn run_command(args: RunArgs) -> ExitCode {
             flows: args.flow_map_size,
             sockets: args.socket_map_size,
             ring_bytes: args.ring_bytes,
+            dns_ring_bytes: args.dns_ring_bytes,
+            dns_queries: args.dns_query_map_size,
         },
         series_limits: observer::metrics::SeriesLimits {
             max_series: args.max_series,

@@ -31,6 +31,48 @@ use prometheus_client::{
 use crate::architecture::{Architecture, ReloadStats};
 use crate::inventory::InventoryStatus;
 
+/// What became of one captured DNS response: `named` (its addresses were recorded), or why it
+/// yielded none (`truncated`, `malformed`, `nx_domain`, ..., `no_namespace`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsResultLabels {
+    pub result: &'static str,
+}
+
+/// What the agent does with the DNS answers pods receive.
+#[derive(Default)]
+pub struct DnsMetrics {
+    pub responses: Family<DnsResultLabels, Counter>,
+    /// (pod, address, name) entries held now.
+    pub names: Gauge,
+    pub names_evicted: Counter,
+    pub names_expired: Counter,
+}
+
+impl DnsMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "dns_responses",
+            "DNS responses captured on their way to pods: named (addresses recorded) or why they named nothing",
+            self.responses.clone(),
+        );
+        r.register(
+            "dns_names",
+            "Names learned from DNS answers held now, one per pod, address and name",
+            self.names.clone(),
+        );
+        r.register(
+            "dns_names_evicted",
+            "Names dropped before their TTL (and grace) ran out to stay within --dns-max-names",
+            self.names_evicted.clone(),
+        );
+        r.register(
+            "dns_names_expired",
+            "Names removed after their TTL and --dns-grace ran out",
+            self.names_expired.clone(),
+        );
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LossLabels {
     /// Where the count was lost: `ring_full`, `flow_map_full`, `socket_map_full`, ...
@@ -177,6 +219,7 @@ pub struct Metrics {
     pub watcher_synced: Family<ResourceLabels, Gauge>,
     pub watcher_last_sync: Family<ResourceLabels, Gauge>,
     pub index_stale: Gauge,
+    pub dns: DnsMetrics,
     reloads_seen: Mutex<(u64, u64)>,
 }
 
@@ -226,6 +269,7 @@ impl Metrics {
             watcher_synced: Family::default(),
             watcher_last_sync: Family::default(),
             index_stale: Gauge::default(),
+            dns: DnsMetrics::default(),
             reloads_seen: Mutex::new((0, 0)),
         };
         r.register(
@@ -348,6 +392,7 @@ impl Metrics {
             "1 while a watcher has lost its watch after its first sync",
             m.index_stale.clone(),
         );
+        m.dns.register(&mut r);
         for result in ["success", "failure"] {
             m.architecture_reloads
                 .get_or_create(&ReloadLabels { result })

@@ -10,7 +10,7 @@ use std::{
 };
 
 use observer_common::{
-    FlowCounters, FlowKey, Outcome, comm_str, loss,
+    DnsResponseHead, FlowCounters, FlowKey, IPPROTO_TCP, Outcome, comm_str, loss,
     record::{
         self, Direction, Endpoint, FlowRecord, Outcomes, Process, Protocol, Scope, Timestamp,
     },
@@ -20,12 +20,16 @@ use tokio::{net::TcpListener, signal::unix::SignalKind, time::Instant};
 use crate::{
     architecture::{self, ModelHandle, ReloadStats},
     attribution::Attributor,
-    capture::{Capture, CaptureError, MapSizes, ProgramStats, preexisting, tracker::Tracker},
+    capture::{
+        Capture, CaptureError, DnsCaptureOptions, MapSizes, ProgramStats, preexisting,
+        tracker::Tracker,
+    },
+    dns::{DnsCounts, DnsNames},
     flowlog::FlowLog,
     http::{self, Health},
     inventory::{self, IndexHandle, InventoryStatus, NodeAddresses},
     judge,
-    metrics::{LossLabels, Metrics, SeriesLimits},
+    metrics::{DnsResultLabels, LossLabels, Metrics, SeriesLimits},
     names::HostNames,
     scope::Scoper,
     traces::{TraceOptions, Traces},
@@ -52,7 +56,19 @@ pub enum IngressMode {
     All,
 }
 
+/// DNS capture and what the agent keeps of the answers.
+#[derive(Clone, Debug)]
+pub struct DnsOptions {
+    pub capture: DnsCaptureOptions,
+    /// Most (pod, address, name) entries kept.
+    pub max_names: usize,
+    /// How long past its TTL an answer still names its address.
+    pub grace: Duration,
+}
+
 pub struct RunOptions {
+    /// DNS capture; `None` with `--no-dns`.
+    pub dns: Option<DnsOptions>,
     /// The architecture file and the model in force; `None` leaves verdicts empty.
     pub model: Option<(PathBuf, ModelHandle)>,
     pub inventory: InventorySource,
@@ -147,10 +163,20 @@ struct Agent {
     names: Arc<Mutex<HostNames>>,
     held: VecDeque<Held>,
     traces: Traces,
+    /// What the DNS answers pods received say, when DNS capture is on.
+    dns: Option<DnsState>,
+}
+
+/// The names pods resolved, and the UDP query flows' deltas.
+struct DnsState {
+    names: DnsNames,
+    /// Counts already exported, to export only what each tick adds.
+    exported: DnsCounts,
+    queries: Tracker,
 }
 
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
-    let capture = Capture::start(opts.map_sizes)?;
+    let capture = Capture::start(opts.map_sizes, opts.dns.as_ref().map(|d| &d.capture))?;
     let log = FlowLog::open(&opts.flow_log, opts.flow_log_max_bytes).map_err(|source| {
         RunError::FlowLog {
             path: opts.flow_log.clone(),
@@ -246,6 +272,11 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         names,
         held: VecDeque::new(),
         traces: Traces::start(&opts.traces, health.clone()),
+        dns: opts.dns.as_ref().map(|d| DnsState {
+            names: DnsNames::new(d.max_names, d.grace),
+            exported: DnsCounts::default(),
+            queries: Tracker::default(),
+        }),
         opts,
     };
     agent.record_preexisting();
@@ -303,6 +334,9 @@ impl Agent {
     /// One pass: new-flow hints first (so new flows reach the log within a poll interval), then,
     /// every flush interval or after a ring loss, the whole map.
     fn tick(&mut self, mut full_scan: bool) {
+        // Answers first: a pod resolves a name, then connects; the connection's hint is in this
+        // same drain at the earliest, and must find the name already known.
+        self.drain_dns();
         self.hints.clear();
         let n = self.capture.drain_hints(&mut self.hints);
         self.health.metrics.new_flow_hints.inc_by(n as u64);
@@ -379,6 +413,7 @@ impl Agent {
                 .metrics
                 .tracked_flows
                 .set((entries - idle.len()) as i64);
+            self.scan_dns_queries();
         }
         self.release_held(false);
         if let Err(e) = self.log.flush() {
@@ -398,6 +433,20 @@ impl Agent {
     fn finish(&mut self, mut record: FlowRecord, held_until: Option<Instant>) {
         let index = self.index.as_ref().map(IndexHandle::snapshot);
         let model = self.opts.model.as_ref().map(|(_, h)| h.current());
+        if let Some(dns) = &self.dns
+            && record.dst.scope == Some(Scope::External)
+            && record.dst.host.is_none()
+            && let Some(ip) = record.dst.ip
+        {
+            // Before any other naming: what this pod asked its resolver for.
+            record.dst.host = dns_host(
+                &dns.names,
+                model.as_deref(),
+                record.netns,
+                ip,
+                std::time::Instant::now(),
+            );
+        }
         // Borrowed under the lock, never copied: this runs once per record.
         let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
         let attributed =
@@ -478,6 +527,77 @@ impl Agent {
         )
     }
 
+    /// Takes the DNS responses the kernel captured since the last tick into the names table.
+    fn drain_dns(&mut self) {
+        let (Some(capture), Some(dns)) = (self.capture.dns.as_mut(), self.dns.as_mut()) else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let mut no_namespace = 0;
+        capture.drain_responses(|head, payload| {
+            if head.netns == 0 {
+                // The kernel could not read the receiving socket's namespace.
+                no_namespace += 1;
+                return;
+            }
+            // Errors are counted by kind inside; a response that names nothing is not used.
+            let _ = dns
+                .names
+                .ingest(head.netns, dns_message(head, payload), now);
+        });
+        dns.names.expire(now);
+        let m = &self.health.metrics.dns;
+        let counts = dns.names.counts();
+        let was = dns.exported;
+        let result = |r| DnsResultLabels { result: r };
+        m.responses
+            .get_or_create(&result("named"))
+            .inc_by(counts.responses - was.responses);
+        for (kind, n) in counts.rejected_by_kind() {
+            m.responses
+                .get_or_create(&result(kind.label()))
+                .inc_by(n - was.rejected(kind));
+        }
+        m.responses
+            .get_or_create(&result("no_namespace"))
+            .inc_by(no_namespace);
+        m.names_evicted.inc_by(counts.evictions - was.evictions);
+        m.names_expired.inc_by(counts.expired - was.expired);
+        m.names.set(dns.names.entries() as i64);
+        dns.exported = counts;
+    }
+
+    /// Reads the kernel's UDP DNS query flows; each new query since the last reading is a
+    /// connection of a UDP flow to port 53, judged like any other.
+    fn scan_dns_queries(&mut self) {
+        let Some(capture) = self.capture.dns.as_mut() else {
+            return;
+        };
+        let mut readings = Vec::new();
+        capture.scan_queries(|k, v| readings.push((k, v)));
+        let idle_before = self
+            .clock
+            .mono_now_ns()
+            .saturating_sub(self.opts.idle_timeout.as_nanos() as u64);
+        let mut records = Vec::new();
+        if let Some(dns) = self.dns.as_mut() {
+            for (key, counters) in readings {
+                if let Some(delta) = dns.queries.observe(key, counters) {
+                    records.push((key, delta.outcomes, counters));
+                }
+            }
+            for key in dns.queries.idle(idle_before) {
+                capture.delete_query(&key);
+                dns.queries.forget(&key);
+            }
+        }
+        for (key, outcomes, counters) in records {
+            let mut record = self.record(&key, &outcomes, &counters, false);
+            record.protocol = Protocol::Udp;
+            self.finish(record, None);
+        }
+    }
+
     /// Records, once, the connections that were open before the program was attached.
     fn record_preexisting(&mut self) {
         let now_ns = self.clock.mono_now_ns();
@@ -518,6 +638,40 @@ fn left_to_source_node(mode: IngressMode, r: &FlowRecord) -> bool {
     r.direction == Direction::Ingress
         && mode == IngressMode::External
         && r.src.scope != Some(Scope::External)
+}
+
+/// The DNS message in a captured payload: over TCP it follows a 2-byte length (a segment that
+/// does not hold the whole message gives a cut message, which the parser counts as truncated).
+fn dns_message<'a>(head: &DnsResponseHead, payload: &'a [u8]) -> &'a [u8] {
+    if head.transport != IPPROTO_TCP {
+        return payload;
+    }
+    match payload {
+        [hi, lo, rest @ ..] => {
+            let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+            rest.get(..len).unwrap_or(rest)
+        }
+        _ => &[],
+    }
+}
+
+/// The name a pod's DNS answers give `ip`: the first of its names (the question first, then the
+/// CNAME chain) that names an external of the model, else the question.
+fn dns_host(
+    names: &DnsNames,
+    model: Option<&architecture::Architecture>,
+    netns: u32,
+    ip: std::net::IpAddr,
+    now: std::time::Instant,
+) -> Option<String> {
+    let documented = model.and_then(|m| {
+        names
+            .names_for(netns, ip, now)
+            .find(|n| m.external_for_host(n).is_some())
+    });
+    documented
+        .or_else(|| names.name_for(netns, ip, now))
+        .map(str::to_owned)
 }
 
 /// The flow record of one kernel reading: `outcomes` are the new connections since the flow's
@@ -592,10 +746,12 @@ pub fn flow_record(
 
 /// A held record goes through attribution again from its raw addresses and scopes.
 fn strip_attribution(r: FlowRecord) -> FlowRecord {
+    // The name from a DNS answer stays: the answer may expire while the record waits.
     let raw = |ep: Endpoint| Endpoint {
         ip: ep.ip,
         port: ep.port,
         scope: ep.scope,
+        host: ep.host,
         ..Default::default()
     };
     FlowRecord {

@@ -413,6 +413,20 @@ fn missing_capabilities_are_named_with_exit_code_2() {
         1,
         "one line: {stderr}"
     );
+
+    // With the capture's capabilities but not the DNS programs' one: named, with the way out.
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-all,+bpf,+perfmon", "--inh-caps=-all", "--"])
+        .arg(observer_tests::observer_bin())
+        .args(["run", "--duration", "1s", "--metrics-addr", "127.0.0.1:0"])
+        .output()
+        .expect("setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("missing capability CAP_NET_ADMIN") && stderr.contains("run with --no-dns"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -238,7 +238,7 @@ fn rbac_is_get_list_watch_on_pods_services_endpointslices_only() {
 }
 
 #[test]
-fn agent_runs_with_exactly_three_capabilities_and_nothing_else_privileged() {
+fn agent_runs_with_exactly_four_capabilities_and_nothing_else_privileged() {
     let o = Objects::load();
     let ds = o.daemonset();
     let pod = ds.spec.as_ref().unwrap().template.spec.clone().unwrap();
@@ -276,12 +276,12 @@ fn agent_runs_with_exactly_three_capabilities_and_nothing_else_privileged() {
     let caps = sc.capabilities.unwrap();
     assert_eq!(caps.drop, Some(strings(&["ALL"])));
     let add = caps.add.unwrap();
-    assert_eq!(add, strings(&["BPF", "PERFMON", "SYS_PTRACE"]));
+    assert_eq!(add, strings(&["BPF", "PERFMON", "NET_ADMIN", "SYS_PTRACE"]));
     for forbidden in [
         "SYS_ADMIN",
         "CAP_SYS_ADMIN",
         "DAC_READ_SEARCH",
-        "NET_ADMIN",
+        "NET_RAW",
         "ALL",
     ] {
         assert!(!add.iter().any(|a| a == forbidden), "{forbidden} is added");
@@ -289,7 +289,7 @@ fn agent_runs_with_exactly_three_capabilities_and_nothing_else_privileged() {
 }
 
 #[test]
-fn host_paths_are_exactly_proc_and_btf_and_read_only() {
+fn host_paths_are_exactly_proc_btf_and_cgroup_and_read_only() {
     let o = Objects::load();
     let ds = o.daemonset();
     let pod = ds.spec.as_ref().unwrap().template.spec.clone().unwrap();
@@ -301,7 +301,13 @@ fn host_paths_are_exactly_proc_and_btf_and_read_only() {
         .collect();
     assert_eq!(
         volumes.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["architecture", "btf", "flow-log", "host-proc"]
+        [
+            "architecture",
+            "btf",
+            "flow-log",
+            "host-cgroup",
+            "host-proc"
+        ]
     );
     let host_paths: BTreeMap<&str, (&str, Option<&str>)> = volumes
         .iter()
@@ -315,6 +321,7 @@ fn host_paths_are_exactly_proc_and_btf_and_read_only() {
         host_paths,
         BTreeMap::from([
             ("btf", ("/sys/kernel/btf", Some("Directory"))),
+            ("host-cgroup", ("/sys/fs/cgroup", Some("Directory"))),
             ("host-proc", ("/proc", Some("Directory"))),
         ])
     );
@@ -338,6 +345,7 @@ fn host_paths_are_exactly_proc_and_btf_and_read_only() {
             ("architecture", ("/etc/observer/architecture", Some(true))),
             ("btf", ("/sys/kernel/btf", Some(true))),
             ("flow-log", ("/var/log/observer", None)),
+            ("host-cgroup", ("/host/sys/fs/cgroup", Some(true))),
             ("host-proc", ("/host/proc", Some(true))),
         ])
     );
@@ -408,6 +416,8 @@ fn agent_arguments_environment_probes_and_resources() {
             "$(POD_CIDR)",
             "--service-cidr",
             "$(SERVICE_CIDR)",
+            "--dns-cgroup",
+            "/host/sys/fs/cgroup",
         ])
     );
 

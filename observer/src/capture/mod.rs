@@ -1,6 +1,7 @@
 //! The kernel side as the agent sees it: the loaded program, its maps, and exact deltas.
 
 pub mod btf;
+pub mod dns;
 pub mod loader;
 pub mod preexisting;
 pub mod tracker;
@@ -11,6 +12,7 @@ use aya::{
 };
 use observer_common::{FlowCounters, FlowKey, NewFlow, loss, names};
 
+pub use dns::{DnsCapture, DnsCaptureOptions};
 pub use loader::{CaptureError, MapSizes};
 
 /// The attached kernel program and the agent's handles on its maps.
@@ -19,6 +21,8 @@ pub struct Capture {
     ring: RingBuf<MapData>,
     losses: PerCpuArray<MapData, u64>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// The DNS programs' maps, when DNS capture is on.
+    pub dns: Option<DnsCapture>,
     /// `/proc/self/fdinfo/<fd>` of the program: the kernel's own statistics for it.
     fdinfo: std::path::PathBuf,
     /// Keeps the program and its link alive; dropping it detaches.
@@ -35,8 +39,19 @@ fn take<T: TryFrom<aya::maps::Map>>(
 }
 
 impl Capture {
-    pub fn start(sizes: MapSizes) -> Result<Capture, CaptureError> {
+    pub fn start(
+        sizes: MapSizes,
+        dns: Option<&DnsCaptureOptions>,
+    ) -> Result<Capture, CaptureError> {
+        loader::check_capabilities()?;
+        if dns.is_some() {
+            loader::check_dns_capability()?;
+        }
         let mut ebpf = loader::load_and_attach(sizes)?;
+        let dns = match dns {
+            Some(opts) => Some(dns::attach(&mut ebpf, opts)?),
+            None => None,
+        };
         // The kernel program's rare diagnostics (first overflow of a map, ...) go through
         // aya-log into `log`, which tracing-subscriber forwards into the agent's own output.
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -56,6 +71,7 @@ impl Capture {
             flows: take(&mut ebpf, names::FLOWS)?,
             ring: take(&mut ebpf, names::NEW_FLOWS)?,
             losses: take(&mut ebpf, names::LOSSES)?,
+            dns,
             logger,
             _ebpf: ebpf,
         })

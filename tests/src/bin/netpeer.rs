@@ -6,6 +6,11 @@
 //!   netpeer abort ADDR:PORT MS         start a connect, close the socket after MS milliseconds
 //!   netpeer hold ADDR:PORT             connect and keep the connection open until killed
 //!   netpeer storm ADDR PORT_FROM PORT_TO   one connect to each port in the range
+//!   netpeer resolve NAME PORT N        resolve NAME with the system resolver (getaddrinfo, as
+//!                                      an application does: /etc/resolv.conf, which
+//!                                      `ip netns exec` takes from /etc/netns/NS/), then make N
+//!                                      connections to its first IPv4 address; N may be 0
+//!   netpeer lookups NAME K             resolve NAME K times, one after another
 //!
 //! It prints one JSON line of results on stdout, so tests can cross-check what the agent saw.
 
@@ -94,6 +99,40 @@ fn main() {
                 *outcomes
                     .entry(connect_once(SocketAddr::new(ip, port), false))
                     .or_default() += 1;
+            }
+            println!("{}", serde_json::to_string(&outcomes).expect("json"));
+        }
+        "lookups" => {
+            let name = arg(1);
+            let k: u64 = arg(2).parse().expect("K");
+            let resolved = (0..k)
+                .filter(|_| std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 443)).is_ok())
+                .count();
+            println!("{{\"resolved\":{resolved}}}");
+        }
+        "resolve" => {
+            let name = arg(1);
+            let port: u16 = arg(2).parse().expect("PORT");
+            let n: u64 = arg(3).parse().expect("N");
+            let addrs: Vec<SocketAddr> =
+                std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), port))
+                    .map(|a| a.collect())
+                    .unwrap_or_default();
+            let mut outcomes: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+            let first = addrs.iter().find(|a| a.is_ipv4()).copied();
+            outcomes.insert(
+                "address".into(),
+                first.map_or(serde_json::Value::Null, |a| a.ip().to_string().into()),
+            );
+            if let Some(a) = first {
+                let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+                for _ in 0..n {
+                    *counts.entry(connect_once(a, false)).or_default() += 1;
+                }
+                outcomes.insert(
+                    "outcomes".into(),
+                    serde_json::to_value(counts).expect("json"),
+                );
             }
             println!("{}", serde_json::to_string(&outcomes).expect("json"));
         }
