@@ -288,6 +288,16 @@ impl Cluster {
             std::fs::create_dir_all(self.cgroup_root.join(h.cgroup()))?;
             // kube-proxy's ClusterIP translation, in every pod's namespace.
             if h.namespace.is_some() {
+                // Pods resolve names through the cluster DNS, as kubelet configures them:
+                // `ip netns exec` mounts this file over /etc/resolv.conf.
+                if let Some(dns) = self.host(DNS_COMPONENT) {
+                    let dir = netns_etc(&h.netns);
+                    std::fs::create_dir_all(&dir)?;
+                    std::fs::write(
+                        dir.join("resolv.conf"),
+                        format!("nameserver {}\noptions attempts:2 timeout:2\n", dns.ip),
+                    )?;
+                }
                 for s in &self.services {
                     let backend = self
                         .host(&s.backend)
@@ -372,6 +382,43 @@ impl Cluster {
         Ok(None)
     }
 
+    /// Starts the cluster DNS (Debian's dnsmasq) in the kube-dns pod, answering the external
+    /// test hosts' names from `names` (hosts-file format) with a 5-minute TTL, on UDP and TCP 53.
+    pub fn start_dns(&mut self, names: &Path) -> Result<()> {
+        let dns = self
+            .host(DNS_COMPONENT)
+            .cloned()
+            .context("the model has no kube-dns component")?;
+        let procs = self.cgroup_root.join(dns.cgroup()).join("cgroup.procs");
+        let script = format!(
+            "echo $$ > {} && exec ip netns exec {} dnsmasq --keep-in-foreground --no-resolv \
+             --no-hosts --no-poll --conf-file=/dev/null --user=root --bind-interfaces \
+             --listen-address={} --addn-hosts={} --local-ttl=300 --pid-file=",
+            procs.display(),
+            dns.netns,
+            dns.ip,
+            names.display()
+        );
+        let child = Command::new("sh")
+            .args(["-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting dnsmasq (installed by scripts/bootstrap.sh: dnsmasq-base)")?;
+        self.processes.push(child);
+        let addr = std::net::SocketAddr::from((dns.ip, 53));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
+            .is_err()
+        {
+            if std::time::Instant::now() > deadline {
+                bail!("the cluster DNS (dnsmasq) did not answer on {addr} within 10 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// The `/etc/hosts`-format names of the external test hosts (what DNS would answer).
     pub fn hosts_file(&self) -> String {
         let mut s = String::from("# observer demo: names of the external test hosts\n");
@@ -451,6 +498,7 @@ impl Cluster {
             let _ = p.wait();
         }
         for h in &self.hosts {
+            let _ = std::fs::remove_dir_all(netns_etc(&h.netns));
             // Also kills anything left in the namespace.
             if let Ok(out) = Command::new("ip")
                 .args(["netns", "pids", &h.netns])
@@ -481,6 +529,14 @@ impl Cluster {
             let _ = std::fs::remove_dir(d);
         }
     }
+}
+
+/// The component that serves the cluster DNS.
+pub const DNS_COMPONENT: &str = "kube-dns";
+
+/// Files `ip netns exec NETNS` mounts over /etc.
+fn netns_etc(netns: &str) -> PathBuf {
+    Path::new("/etc/netns").join(netns)
 }
 
 /// The node's own DNAT of the kubernetes Service (`-A` adds it, `-D` removes it).

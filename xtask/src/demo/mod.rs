@@ -23,7 +23,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use cluster::{CONTROL_PLANE_IP, Cluster, Host, KUBERNETES_SERVICE_IP, NODE_IP};
-use observer_common::record::{Direction, Endpoint, FlowRecord, Scope, Verdict};
+use observer_common::record::{Direction, Endpoint, FlowRecord, Protocol, Scope, Verdict};
 use serde_json::json;
 
 pub struct DemoOptions {
@@ -202,7 +202,14 @@ pub fn run(root: &Path, opts: &DemoOptions, interrupted: Arc<AtomicBool>) -> Res
         out("inventory.json"),
         serde_json::to_string_pretty(&cluster.inventory())?,
     )?;
-    std::fs::write(out("hosts"), cluster.hosts_file())?;
+    // The external test hosts' names, answered by the cluster DNS. The agent gets no names of
+    // its own: every name it shows comes from the DNS answers the pods received.
+    std::fs::write(out("dns-hosts"), cluster.hosts_file())?;
+    std::fs::write(
+        out("hosts"),
+        "# observer demo: empty; names come from the DNS answers pods receive\n",
+    )?;
+    cluster.start_dns(&out("dns-hosts"))?;
 
     // Servers on every documented port (the target port of a Service), and on the ports of
     // the undocumented flows.
@@ -212,6 +219,8 @@ pub fn run(root: &Path, opts: &DemoOptions, interrupted: Arc<AtomicBool>) -> Res
             let key = match f.to.as_str() {
                 "kube-apiserver" => ("control-plane".to_owned(), 6443),
                 "*" => continue,
+                // dnsmasq serves TCP 53 there.
+                cluster::DNS_COMPONENT if p == 53 => continue,
                 other => (other.to_owned(), p),
             };
             servers.insert(key, ());
@@ -317,7 +326,14 @@ pub fn run(root: &Path, opts: &DemoOptions, interrupted: Arc<AtomicBool>) -> Res
                 );
                 continue;
             };
-            drive(&mut cluster, client.as_ref(), &cgroup, &addr)?;
+            let name = dns_name(&cluster, client.as_ref(), &f.to);
+            drive(
+                &mut cluster,
+                client.as_ref(),
+                &cgroup,
+                &addr,
+                name.as_deref(),
+            )?;
             expects.push(Expect {
                 from: from.clone(),
                 to: f.to.clone(),
@@ -364,7 +380,14 @@ pub fn run(root: &Path, opts: &DemoOptions, interrupted: Arc<AtomicBool>) -> Res
         else {
             continue;
         };
-        drive(&mut cluster, client.as_ref(), &cgroup, &addr)?;
+        let name = dns_name(&cluster, client.as_ref(), to);
+        drive(
+            &mut cluster,
+            client.as_ref(),
+            &cgroup,
+            &addr,
+            name.as_deref(),
+        )?;
         let to_party = if to == "undocumented-host" {
             "paste.example.net".to_owned()
         } else {
@@ -514,14 +537,36 @@ fn route(
     Some((client, cgroup, addr, shown))
 }
 
-fn drive(c: &mut Cluster, client: Option<&Host>, cgroup: &str, addr: &str) -> Result<()> {
-    let result = c.spawn(
-        client,
-        cgroup,
-        &["connect".into(), addr.into(), "3".into()],
-        true,
-    )?;
-    if result.as_deref() != Some(r#"{"established":3}"#) {
+/// The name a pod looks up to reach `to`, when `to` is an external test host with one.
+fn dns_name(c: &Cluster, client: Option<&Host>, to: &str) -> Option<String> {
+    client.filter(|h| h.namespace.is_some())?;
+    c.host(to)?.hostnames.first().cloned()
+}
+
+/// Three connections from `client` to `addr`; a pod reaching an external by `name` looks the
+/// name up through the cluster DNS first, as an application does.
+fn drive(
+    c: &mut Cluster,
+    client: Option<&Host>,
+    cgroup: &str,
+    addr: &str,
+    name: Option<&str>,
+) -> Result<()> {
+    let (args, ok): (Vec<String>, &str) = match name {
+        Some(name) => {
+            let port = addr.rsplit(':').next().unwrap_or_default();
+            (
+                vec!["resolve".into(), name.into(), port.into(), "3".into()],
+                r#""outcomes":{"established":3}"#,
+            )
+        }
+        None => (
+            vec!["connect".into(), addr.into(), "3".into()],
+            r#"{"established":3}"#,
+        ),
+    };
+    let result = c.spawn(client, cgroup, &args, true)?;
+    if !result.as_deref().is_some_and(|r| r.contains(ok)) {
         println!(
             "  (connections to {addr} ended {})",
             result.unwrap_or_default()
@@ -543,7 +588,9 @@ fn summarize(records: &[&FlowRecord], expects: &[Expect], out_dir: &Path) -> Res
             .clone()
             .or_else(|| r.dst.host.clone())
             .unwrap_or_else(|| party(&r.dst));
-        src_ok
+        // The demo drives TCP connections; the pods' DNS queries are UDP flows of their own.
+        r.protocol == Protocol::Tcp
+            && src_ok
             && dst == e.to
             && r.dst.port == Some(e.port)
             && (!e.port_forward || r.dst.scope == Some(Scope::Local))
@@ -579,6 +626,20 @@ fn summarize(records: &[&FlowRecord], expects: &[Expect], out_dir: &Path) -> Res
         }
     }
     println!();
+    let queries: Vec<&&FlowRecord> = records
+        .iter()
+        .filter(|r| r.protocol == Protocol::Udp)
+        .collect();
+    println!(
+        "== the pods' DNS queries over UDP: {} in {} flows, {} judged expected; external destinations were named by the answers each pod received",
+        queries.iter().map(|r| r.count).sum::<u64>(),
+        queries.len(),
+        queries
+            .iter()
+            .filter(|r| r.verdict == Some(Verdict::Expected))
+            .map(|r| r.count)
+            .sum::<u64>()
+    );
     let documented = expects.iter().filter(|e| e.verdict.is_ok()).count();
     println!(
         "== summary: {documented} documented flows driven, {} undocumented",
