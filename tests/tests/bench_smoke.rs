@@ -71,6 +71,7 @@ fn bench_smoke_mode_produces_a_complete_report() {
         "recording_new_flow_ns_per_run",
         "recording_existing_flow_ns_per_run",
         "filtered_ns_per_run",
+        "dns_filter_ns_per_packet",
     ] {
         assert!(k[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {k}");
     }

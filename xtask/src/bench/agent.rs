@@ -40,11 +40,6 @@ impl Agent {
     /// `observer run` with the Trackunit model, the generated inventory, a flow log file and
     /// /metrics on a free port that the bench scrapes once a second, as Prometheus would.
     pub fn start(setup: &AgentSetup, name: &str) -> Result<Agent> {
-        Agent::start_with(setup, name, &[])
-    }
-
-    /// [`Agent::start`] with extra `observer run` arguments.
-    pub fn start_with(setup: &AgentSetup, name: &str, extra: &[&str]) -> Result<Agent> {
         let flow_log = setup.dir.join(format!("{name}.flows.jsonl"));
         let log = setup.dir.join(format!("{name}.agent.log"));
         let _ = std::fs::remove_file(&flow_log);
@@ -66,7 +61,6 @@ impl Agent {
                 "--service-cidr",
                 "10.96.0.0/12",
             ])
-            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).context("agent log")?);
@@ -257,17 +251,38 @@ fn bpf_fdinfos(pid: u32, marker: &str) -> Vec<String> {
         .collect()
 }
 
-/// The kernel's run statistics of the agent's program, from its fd's fdinfo: (run time in ns,
-/// runs). By the agent's pid: other agents may be loaded on the same machine.
-pub fn program_stats(pid: u32) -> Result<(u64, u64)> {
-    let info = bpf_fdinfos(pid, "prog_type:")
+/// `prog_type` of the raw tracepoint program and of the DNS programs (uapi `bpf_prog_type`).
+const RAW_TRACEPOINT: u64 = 17;
+const CGROUP_SKB: u64 = 8;
+
+/// The kernel's run statistics of the agent's programs of one type, summed, from their fds'
+/// fdinfo: (run time in ns, runs). By the agent's pid: other agents may be loaded on the same
+/// machine.
+fn stats_of_type(pid: u32, prog_type: u64) -> Result<(u64, u64)> {
+    let infos: Vec<String> = bpf_fdinfos(pid, "prog_type:")
         .into_iter()
-        .next()
-        .context("the agent holds no BPF program")?;
-    Ok((
-        status_field(&info, "run_time_ns:"),
-        status_field(&info, "run_cnt:"),
-    ))
+        .filter(|i| status_field(i, "prog_type:") == prog_type)
+        .collect();
+    anyhow::ensure!(
+        !infos.is_empty(),
+        "the agent holds no BPF program of type {prog_type}"
+    );
+    Ok(infos.iter().fold((0, 0), |(t, n), i| {
+        (
+            t + status_field(i, "run_time_ns:"),
+            n + status_field(i, "run_cnt:"),
+        )
+    }))
+}
+
+/// The connection-counting program's statistics (the raw tracepoint).
+pub fn program_stats(pid: u32) -> Result<(u64, u64)> {
+    stats_of_type(pid, RAW_TRACEPOINT)
+}
+
+/// The two DNS programs' statistics together (each packet to or from a socket runs one).
+pub fn dns_program_stats(pid: u32) -> Result<(u64, u64)> {
+    stats_of_type(pid, CGROUP_SKB)
 }
 
 /// Memory charged for the agent's BPF maps (fdinfo `memlock`), by map name (from bpftool).

@@ -210,14 +210,16 @@ pub fn markdown(r: &Value) -> String {
     );
     let _ = writeln!(
         s,
-        "## Kernel program\n\n| runs | ns per run | runs measured |\n|---|---:|---:|\n| recording, new flow (refused connects to distinct ports) | {:.0} | {} |\n| recording, existing flow (refused connects to one port) | {:.0} | {} |\n| filtered (closing {} connections opened before the agent) | {:.0} | {} |\n",
+        "## Kernel program\n\n| runs | ns per run | runs measured |\n|---|---:|---:|\n| recording, new flow (refused connects to distinct ports) | {:.0} | {} |\n| recording, existing flow (refused connects to one port) | {:.0} | {} |\n| filtered (closing {} connections opened before the agent) | {:.0} | {} |\n| DNS programs' filter (every packet of the existing-flow storm; none is DNS) | {:.0} | {} |\n",
         f(&k["recording_new_flow_ns_per_run"]),
         k["recording_new_flow_runs"],
         f(&k["recording_existing_flow_ns_per_run"]),
         k["recording_existing_flow_runs"],
         k["filtered_connections_closed"],
         f(&k["filtered_ns_per_run"]),
-        k["filtered_runs"]
+        k["filtered_runs"],
+        f(&k["dns_filter_ns_per_packet"]),
+        k["dns_filter_packets"]
     );
     let p = &r["pipeline"];
     let _ = writeln!(
