@@ -7,6 +7,7 @@
 #     dnsmasq-base (the DNS tests' name server, run in a test namespace; no service is installed).
 #   - rust-src for the nightly toolchain (the kernel crate is built with -Z build-std=core).
 #   - bpf-linker 0.13 from crates.io, built against Debian's LLVM 22.
+#   - cargo-fuzz 0.13 from crates.io (the test command fuzzes the DNS answer path for 30 s).
 set -euo pipefail
 log() { echo "[bootstrap] $*" >&2; }
 
@@ -34,5 +35,9 @@ if ! command -v bpf-linker >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/bpf-linke
   log "building bpf-linker 0.13 against /usr/lib/llvm-22 (about a minute)"
   LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --version '^0.13' --locked \
     --no-default-features --features llvm-22 >&2
+fi
+if ! command -v cargo-fuzz >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo-fuzz" ]; then
+  log "building cargo-fuzz 0.13 (the DNS parser's fuzz target; a few minutes)"
+  cargo install cargo-fuzz --version '^0.13' --locked >&2
 fi
 log "ready"

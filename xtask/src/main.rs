@@ -93,6 +93,22 @@ fn test(filter: &[String]) -> Result<()> {
     // Builds the kernel object from source (observer/build.rs) and the test peers.
     run(Command::new(&cargo).args(["build", "--workspace", "--all-targets"]))?;
     run(Command::new(&cargo).args(["test", "--workspace", "--exclude", "observer-tests"]))?;
+    // The DNS answer path (parse, record, look up) under libFuzzer for 30 s from the seeds;
+    // the unit tests' property tests cover it too, without a sanitizer.
+    if filter.is_empty() {
+        std::fs::create_dir_all(root().join("fuzz/corpus/dns"))?;
+        run(Command::new("cargo").current_dir(root()).args([
+            "+nightly",
+            "fuzz",
+            "run",
+            "dns",
+            // New inputs go to the first directory (ignored by git); the seeds stay as committed.
+            "fuzz/corpus/dns",
+            "fuzz/seeds/dns",
+            "--",
+            "-max_total_time=30",
+        ]))?;
+    }
     let bin = root().join("target/debug/observer");
     // The end-to-end tests share the kernel (they count connections machine-wide per namespace
     // and fill maps on purpose), so they run one at a time.
