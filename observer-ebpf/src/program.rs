@@ -187,15 +187,8 @@ fn on_connect_end(
     if !is_tcp(sk, &off)? {
         return Ok(());
     }
-    let outcome = match outcome {
-        Some(o) => o,
-        // SYN_SENT -> CLOSE: the kernel has already set sk_err (tcp_reset, tcp_write_err,
-        // tcp_v4_err) when it closes a failed handshake; 0 means the application closed it.
-        None => Outcome::of_failed_connect(read::<i32>(sk, off.sk_err, &off)?),
-    };
-    let key = connect_key(sk, &off)?;
-    // Always looked up (a miss is cheap), so that an entry is never left behind, even when
-    // another connect created the flow during this handshake.
+    // Always looked up (a miss is cheap), and before any read that may fail, so that an entry
+    // is never left behind, even when another connect created the flow during this handshake.
     let start = match SOCKETS.get_ptr(sk) {
         // SAFETY: the pointer comes from a successful lookup and is read before the delete.
         Some(p) => Some(unsafe { *p }),
@@ -204,6 +197,13 @@ fn on_connect_end(
     if start.is_some() {
         let _removed = SOCKETS.remove(sk); // only fails if another CPU removed it first
     }
+    let outcome = match outcome {
+        Some(o) => o,
+        // SYN_SENT -> CLOSE: the kernel has already set sk_err (tcp_reset, tcp_write_err,
+        // tcp_v4_err) when it closes a failed handshake; 0 means the application closed it.
+        None => Outcome::of_failed_connect(read::<i32>(sk, off.sk_err, &off)?),
+    };
+    let key = connect_key(sk, &off)?;
     count(ctx, &key, outcome, Started::Connect(start));
     Ok(())
 }
