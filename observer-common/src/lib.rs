@@ -82,8 +82,10 @@ impl Outcome {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    /// cgroup2 id of the connecting task (active opens); 0 for passive opens, which run in
-    /// softirq where the current task is unrelated to the socket.
+    /// cgroup2 id of the socket (active opens): the cgroup of the task that created it
+    /// (`sk->sk_cgrp_data`, what `bpf_skb_cgroup_id` reports), which is the connecting task's in
+    /// all but odd cases (a socket passed to another process, a task moved between `socket()`
+    /// and `connect()`). 0 for passive opens.
     pub cgroup_id: u64,
     /// Inode number of the socket's network namespace (`net->ns.inum`).
     pub netns: u32,
@@ -121,12 +123,12 @@ impl FlowCounters {
     }
 }
 
-/// Value of the per-socket map, keyed by the socket's kernel address: what the connecting task
-/// looked like at CLOSE -> SYN_SENT, which runs in its context, kept until the handshake ends.
+/// Value of the per-socket map, keyed by the socket's kernel address: the connecting task at
+/// CLOSE -> SYN_SENT, which runs in its context, kept until the handshake ends. Only kept for a
+/// connect whose flow did not exist yet: the task is recorded once per flow, at its creation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ConnectStart {
-    pub cgroup_id: u64,
     pub pid_tgid: u64,
     pub comm: [u8; 16],
 }
@@ -146,12 +148,15 @@ pub mod loss {
     pub const RING_FULL: u32 = 0;
     /// Inserting a new flow failed: the connection's count is lost and counted here instead.
     pub const FLOW_MAP_FULL: u32 = 1;
-    /// Inserting a per-socket entry failed: the connection is still counted, without its process.
+    /// Inserting a per-socket entry failed (only connects to a flow that does not exist yet make
+    /// one): the connection is still counted, without its process.
     pub const SOCKET_MAP_FULL: u32 = 2;
     /// Reading the socket failed (`bpf_probe_read_kernel`): the connection is not counted.
     pub const SOCKET_READ_FAILED: u32 = 3;
-    /// A handshake ended whose start was not seen (it began before the program was attached, or
-    /// its socket entry was lost): counted without process; informational, not a lost count.
+    /// A handshake ended that creates a flow, and its start was not seen (it began before the
+    /// program was attached, its socket entry was lost, or the flow existed at its start and
+    /// the agent deleted it as idle in between): counted without process; informational, not a
+    /// lost count. Handshakes that add to an existing flow never look for their start.
     pub const START_NOT_SEEN: u32 = 4;
     /// A DNS response could not be handed to the agent (its ring was full): the names in it
     /// are lost, so flows to its addresses fall back to the agent's own resolution.
@@ -236,10 +241,24 @@ pub struct SockOffsets {
     pub skc_net: u32,
     pub sk_protocol: u32,
     pub sk_err: u32,
+    /// `sk_cgrp_data.cgroup` in `struct sock`, the socket's cgroup2 cgroup (Linux 5.15+); before
+    /// 5.15, `sk_cgrp_data.val`, see `sk_cgroup_tagged`.
+    pub sk_cgroup: u32,
     /// Offset of `ns.inum` in `struct net`.
     pub net_ns_inum: u32,
-    /// Explicit padding: keeps the size a multiple of 8 with no hidden bytes.
-    pub _pad: u32,
+    /// Offset of `kn` in `struct cgroup`.
+    pub cgroup_kn: u32,
+    /// Offset of `id` in `struct kernfs_node`.
+    pub kernfs_node_id: u32,
+    /// BTF id of `struct sock` in the running kernel when it offers the `bpf_rdonly_cast` kfunc
+    /// (Linux 6.2+): the program then reads kernel memory with plain loads, which the verifier
+    /// turns into fault-handling loads, instead of `bpf_probe_read_kernel` helper calls. 0
+    /// means helper calls.
+    pub sock_btf_id: u32,
+    /// 1 on kernels before 5.15, where `sk_cgrp_data.val` is the cgroup pointer only when its
+    /// lowest bit is clear; when set (net_prio or net_cls v1 in use) the socket's cgroup2 cgroup
+    /// is the root (`sock_cgroup_ptr()` in those kernels).
+    pub sk_cgroup_tagged: u32,
 }
 
 /// Offsets the DNS programs read, found in BTF like [`SockOffsets`]: the socket's namespace.
@@ -254,6 +273,12 @@ pub struct DnsOffsets {
 
 /// Name of the DNS programs' global holding [`DnsOffsets`].
 pub const DNS_OFFSETS_GLOBAL: &str = "DNS_OFFSETS";
+
+/// The helper number of the placeholder call that casts the socket pointer (see
+/// [`SockOffsets::sock_btf_id`]). The agent rewrites each such call in the kernel object before
+/// loading it: into a call of the `bpf_rdonly_cast` kfunc where the kernel has it, else into
+/// `r0 = r1` (the pointer unchanged, for helper reads). No kernel helper has this number.
+pub const SOCK_CAST_PLACEHOLDER: u32 = 0x0b5e_ca57;
 
 /// Name of the program's global holding [`SockOffsets`].
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";

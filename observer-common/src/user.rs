@@ -83,9 +83,9 @@ mod tests {
             size_of::<FlowCounters>(),
             8 + 8 + 8 * Outcome::COUNT + 8 + 16
         );
-        assert_eq!(size_of::<ConnectStart>(), 8 + 8 + 16);
+        assert_eq!(size_of::<ConnectStart>(), 8 + 16);
         assert_eq!(size_of::<NewFlow>(), size_of::<FlowKey>());
-        assert_eq!(size_of::<SockOffsets>(), 4 * 12);
+        assert_eq!(size_of::<SockOffsets>(), 4 * 16);
         assert_eq!(
             size_of::<DnsResponseHead>(),
             8 + 4 + 2 + 2 + 1 + 1 + 6 + 16 + 16

@@ -23,6 +23,7 @@ const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_TYPEDEF: u32 = 8;
+const KIND_FUNC: u32 = 12;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
@@ -153,6 +154,19 @@ impl Btf {
             }
         }
         Ok(btf)
+    }
+
+    /// The type id of `struct name`, for kernel interfaces that take one (`bpf_rdonly_cast`).
+    pub fn struct_id(&self, name: &str) -> Option<u32> {
+        self.structs_by_name.get(name).copied()
+    }
+
+    /// The type id of the kernel function `name` (a kfunc is called by this id).
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.types
+            .iter()
+            .position(|t| t.kind == KIND_FUNC && self.name(t.name) == name)
+            .map(|id| id as u32)
     }
 
     fn name(&self, off: u32) -> &str {
@@ -315,6 +329,15 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn finds_type_ids() {
+        let btf = Btf::parse(&sample()).unwrap();
+        assert_eq!(btf.struct_id("inner"), Some(2));
+        assert_eq!(btf.struct_id("outer"), Some(8));
+        assert_eq!(btf.struct_id("nope"), None);
+        assert_eq!(btf.func_id("inner"), None);
+    }
+
+    #[test]
     fn names_what_is_missing() {
         let btf = Btf::parse(&sample()).unwrap();
         assert_eq!(
@@ -358,5 +381,8 @@ pub(crate) mod tests {
         assert_eq!(offsets.skc_rcv_saddr, 4);
         assert_eq!(offsets.skc_dport, 12);
         assert_eq!(offsets.skc_num, 14);
+        // Linux 6.18 has the kfunc that lets the program read the socket with plain loads.
+        assert!(btf.func_id("bpf_rdonly_cast").is_some());
+        assert_eq!(Some(offsets.sock_btf_id), btf.struct_id("sock"));
     }
 }

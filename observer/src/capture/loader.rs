@@ -3,7 +3,9 @@
 use std::{fs, path::Path};
 
 use aya::{Ebpf, EbpfLoader, programs::RawTracePoint};
-use observer_common::{DNS_OFFSETS_GLOBAL, DnsOffsets, OFFSETS_GLOBAL, SockOffsets, names};
+use observer_common::{
+    DNS_OFFSETS_GLOBAL, DnsOffsets, OFFSETS_GLOBAL, SOCK_CAST_PLACEHOLDER, SockOffsets, names,
+};
 
 use super::btf::{Btf, BtfError};
 
@@ -57,6 +59,8 @@ pub enum CaptureError {
         "missing capability CAP_NET_ADMIN: the DNS programs (cgroup_skb) need it; grant it, or run with --no-dns"
     )]
     DnsCapability,
+    #[error("the kernel object is not a readable ELF file ({0}); rebuild the agent")]
+    Object(&'static str),
 }
 
 /// Capabilities the agent needs, from `capabilities(7)`: the bit number in `CapEff` and why.
@@ -114,7 +118,11 @@ pub fn check_dns_capability() -> Result<(), CaptureError> {
     }
 }
 
-/// Finds the offsets of every field the kernel program reads in the running kernel's BTF.
+/// The kfunc that types a bare pointer for plain loads (Linux 6.2+).
+const RDONLY_CAST: &str = "bpf_rdonly_cast";
+
+/// Finds the offsets of every field the kernel program reads in the running kernel's BTF, and
+/// whether the program can read them with plain loads (`sock_btf_id`, see [`SockOffsets`]).
 pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
     let sk = |path: &[&str]| btf.offset_of("sock", path);
     let skc = |field: &str| sk(&["__sk_common", field]);
@@ -130,8 +138,16 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
         skc_net: sk(&["__sk_common", "skc_net", "net"])?,
         sk_protocol: sk(&["sk_protocol"])?,
         sk_err: sk(&["sk_err"])?,
+        // A plain pointer since Linux 5.15, a tagged word before.
+        sk_cgroup: sk(&["sk_cgrp_data", "cgroup"]).or_else(|_| sk(&["sk_cgrp_data", "val"]))?,
         net_ns_inum: btf.offset_of("net", &["ns", "inum"])?,
-        _pad: 0,
+        cgroup_kn: btf.offset_of("cgroup", &["kn"])?,
+        kernfs_node_id: btf.offset_of("kernfs_node", &["id"])?,
+        sock_btf_id: match btf.func_id(RDONLY_CAST) {
+            Some(_) => btf.struct_id("sock").unwrap_or(0),
+            None => 0,
+        },
+        sk_cgroup_tagged: u32::from(sk(&["sk_cgrp_data", "cgroup"]).is_err()),
     })
 }
 
@@ -141,6 +157,61 @@ pub fn dns_offsets(btf: &Btf) -> Result<DnsOffsets, BtfError> {
         skc_net: btf.offset_of("sock", &["__sk_common", "skc_net", "net"])?,
         net_ns_inum: btf.offset_of("net", &["ns", "inum"])?,
     })
+}
+
+/// Rewrites every placeholder call (`SOCK_CAST_PLACEHOLDER`) in the executable sections of the
+/// ELF object `obj`: into a call of the kfunc with BTF id `kfunc` (`BPF_PSEUDO_KFUNC_CALL`), or
+/// with `None` into `r0 = r1`. Returns how many it rewrote. Instructions are 8 bytes, 8-aligned
+/// within their section, little-endian (every architecture the agent is built for).
+pub fn patch_sock_cast(obj: &mut [u8], kfunc: Option<u32>) -> Result<usize, CaptureError> {
+    const SHT_PROGBITS: u32 = 1;
+    const SHF_EXECINSTR: u64 = 4;
+    let bad = || CaptureError::Object("truncated or not ELF64 little-endian");
+    let u16_at = |b: &[u8], at: usize| -> Option<u16> {
+        Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+    };
+    let u32_at = |b: &[u8], at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    };
+    let u64_at = |b: &[u8], at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+    };
+    if obj.get(..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1]) {
+        return Err(bad());
+    }
+    let shoff = u64_at(obj, 0x28).ok_or_else(bad)? as usize;
+    let shentsize = u16_at(obj, 0x3a).ok_or_else(bad)? as usize;
+    let shnum = u16_at(obj, 0x3c).ok_or_else(bad)? as usize;
+    let mut placeholder = [0x85, 0, 0, 0, 0, 0, 0, 0]; // BPF_JMP | BPF_CALL, helper call
+    placeholder[4..].copy_from_slice(&SOCK_CAST_PLACEHOLDER.to_le_bytes());
+    let replacement: [u8; 8] = match kfunc {
+        Some(id) => {
+            let mut insn = [0x85, 0x20, 0, 0, 0, 0, 0, 0]; // src_reg = BPF_PSEUDO_KFUNC_CALL
+            insn[4..].copy_from_slice(&id.to_le_bytes());
+            insn
+        }
+        None => [0xbf, 0x10, 0, 0, 0, 0, 0, 0], // BPF_ALU64 | BPF_MOV | BPF_X: r0 = r1
+    };
+    let mut patched = 0;
+    for i in 0..shnum {
+        let sh = shoff + i * shentsize;
+        let kind = u32_at(obj, sh + 4).ok_or_else(bad)?;
+        let flags = u64_at(obj, sh + 8).ok_or_else(bad)?;
+        let start = u64_at(obj, sh + 0x18).ok_or_else(bad)? as usize;
+        let size = u64_at(obj, sh + 0x20).ok_or_else(bad)? as usize;
+        if kind != SHT_PROGBITS || flags & SHF_EXECINSTR == 0 {
+            continue;
+        }
+        let end = start.checked_add(size).ok_or_else(bad)?;
+        let code = obj.get_mut(start..end).ok_or_else(bad)?;
+        for insn in code.chunks_exact_mut(8) {
+            if insn == placeholder {
+                insn.copy_from_slice(&replacement);
+                patched += 1;
+            }
+        }
+    }
+    Ok(patched)
 }
 
 /// Map sizes; the defaults suit a busy node, tests shrink them to provoke overflows.
@@ -167,6 +238,22 @@ pub fn load_and_attach(sizes: MapSizes) -> Result<Ebpf, CaptureError> {
     let offsets = sock_offsets(&btf)?;
     let dns = dns_offsets(&btf)?;
     tracing::debug!(?offsets, ?dns, "socket field offsets from kernel BTF");
+    let kfunc = btf
+        .func_id(RDONLY_CAST)
+        .filter(|_| offsets.sock_btf_id != 0);
+    if kfunc.is_none() {
+        tracing::info!(
+            "the kernel has no {RDONLY_CAST} (Linux 6.2+): reading sockets through bpf_probe_read_kernel, which costs more per connection"
+        );
+    }
+    // The ELF parser wants the object 8-byte aligned, as include_bytes_aligned! keeps it.
+    let mut buffer = vec![0u8; KERNEL_OBJECT.len() + 8];
+    let at = buffer.as_ptr().align_offset(8);
+    let object = &mut buffer[at..at + KERNEL_OBJECT.len()];
+    object.copy_from_slice(KERNEL_OBJECT);
+    if patch_sock_cast(object, kfunc)? == 0 {
+        return Err(CaptureError::Missing("socket cast placeholder"));
+    }
     let mut ebpf = EbpfLoader::new()
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(DNS_OFFSETS_GLOBAL, &dns, true)
@@ -175,7 +262,7 @@ pub fn load_and_attach(sizes: MapSizes) -> Result<Ebpf, CaptureError> {
         .map_max_entries(names::FLOWS, sizes.flows)
         .map_max_entries(names::SOCKETS, sizes.sockets)
         .map_max_entries(names::NEW_FLOWS, sizes.ring_bytes)
-        .load(KERNEL_OBJECT)
+        .load(object)
         .map_err(CaptureError::Load)?;
     let program: &mut RawTracePoint = ebpf
         .program_mut(names::PROGRAM)
@@ -187,4 +274,74 @@ pub fn load_and_attach(sizes: MapSizes) -> Result<Ebpf, CaptureError> {
         .attach(names::TRACEPOINT)
         .map_err(CaptureError::Attach)?;
     Ok(ebpf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An ELF64 header and two sections: code (executable) and data, each holding one
+    /// placeholder call; plus a placeholder that straddles two instructions.
+    fn object() -> Vec<u8> {
+        let mut call = [0x85u8, 0, 0, 0, 0, 0, 0, 0];
+        call[4..].copy_from_slice(&SOCK_CAST_PLACEHOLDER.to_le_bytes());
+        let mut o = vec![0u8; 64];
+        o[..6].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1]);
+        let code_at = o.len();
+        o.extend_from_slice(&[0xb7, 0x01, 0, 0, 1, 0, 0, 0]); // r1 = 1
+        o.extend_from_slice(&call);
+        o.extend_from_slice(&[0; 4]);
+        o.extend_from_slice(&call); // misaligned: not an instruction
+        o.extend_from_slice(&[0; 4]);
+        let data_at = o.len();
+        o.extend_from_slice(&call);
+        let shoff = o.len();
+        o[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
+        o[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        o[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
+        o.extend_from_slice(&[0; 64]); // the null section
+        for (flags, at, size) in [(6u64, code_at, 32u64), (3, data_at, 8)] {
+            let mut sh = [0u8; 64];
+            sh[4..8].copy_from_slice(&1u32.to_le_bytes()); // SHT_PROGBITS
+            sh[8..16].copy_from_slice(&flags.to_le_bytes());
+            sh[0x18..0x20].copy_from_slice(&(at as u64).to_le_bytes());
+            sh[0x20..0x28].copy_from_slice(&size.to_le_bytes());
+            o.extend_from_slice(&sh);
+        }
+        o
+    }
+
+    #[test]
+    fn rewrites_only_placeholder_instructions_in_code() {
+        let original = object();
+        let mut o = original.clone();
+        assert_eq!(patch_sock_cast(&mut o, Some(65504)).unwrap(), 1);
+        assert_eq!(&o[72..80], &[0x85, 0x20, 0, 0, 0xe0, 0xff, 0, 0]);
+        let changed = o.iter().zip(&original).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            changed, 5,
+            "only the one call's register and immediate bytes"
+        );
+        let mut o = original.clone();
+        assert_eq!(patch_sock_cast(&mut o, None).unwrap(), 1);
+        assert_eq!(&o[72..80], &[0xbf, 0x10, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn rejects_what_is_not_an_elf_object() {
+        assert!(patch_sock_cast(&mut [0; 10], None).is_err());
+        let mut o = object();
+        o.truncate(o.len() - 40);
+        assert!(patch_sock_cast(&mut o, None).is_err());
+    }
+
+    #[test]
+    fn the_kernel_object_has_placeholders() {
+        if KERNEL_OBJECT.is_empty() {
+            eprintln!("!!! SKIPPED: built without the kernel program (no bpf-linker) !!!");
+            return;
+        }
+        let mut o = KERNEL_OBJECT.to_vec();
+        assert!(patch_sock_cast(&mut o, Some(1)).unwrap() > 0);
+    }
 }
