@@ -10,6 +10,7 @@ pub mod flowlog;
 pub mod http;
 pub mod inventory;
 pub mod judge;
+pub mod memory;
 pub mod metrics;
 pub mod names;
 pub mod report;

@@ -182,6 +182,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         InventorySource::File(path) => {
             let handle = IndexHandle::new(node);
             let report = inventory::offline::load_file(path, &handle)?;
+            crate::memory::release_free_heap();
             tracing::info!(?report, "inventory loaded from {}", path.display());
             Some(handle)
         }

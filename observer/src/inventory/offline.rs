@@ -82,13 +82,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Objects> {
     let docs = documents(path, text)?;
     let multi = docs.len() > 1;
     let mut out = Objects::default();
-    for (d, doc) in docs.into_iter().enumerate() {
+    for (d, mut doc) in docs.into_iter().enumerate() {
         let doc_loc = if multi {
             format!("document {} ", d + 1)
         } else {
             String::new()
         };
-        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let kind = doc
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         let is_list = kind == "List" || (kind.ends_with("List") && doc.get("items").is_some());
         if !is_list {
             add_item(
@@ -99,15 +103,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Objects> {
             )?;
             continue;
         }
-        let items = match doc.get("items") {
+        // Taken, not cloned: the items are most of the document, and it is dropped item by item
+        // as they are decoded.
+        let items = match doc.get_mut("items").map(Value::take) {
             None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(items)) => items.clone(),
+            Some(Value::Array(items)) => items,
             Some(other) => {
                 return Err(Error::Shape {
                     path: path.to_owned(),
                     message: format!(
                         "{doc_loc}kind {kind}: `items` is {}, expected a list",
-                        type_name(other)
+                        type_name(&other)
                     ),
                 });
             }
