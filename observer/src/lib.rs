@@ -6,6 +6,8 @@ pub mod capture;
 pub mod cgroups;
 pub mod check;
 pub mod cli;
+pub mod fasthash;
+pub mod flowcache;
 pub mod flowlog;
 pub mod http;
 pub mod inventory;
