@@ -40,12 +40,25 @@ pub struct LoadReport {
 }
 
 /// Reads `path` and loads its objects into `index`.
+///
+/// The file is read and parsed on a thread of its own, so that the parse's allocations (the
+/// text, a JSON tree and every object in full: several times what the index keeps) come from
+/// that thread's malloc arena, all of it free once the objects are fed, while the index's
+/// records are allocated on the caller's. Parsed on the caller's thread, the records end up
+/// scattered over the pages of the parse's peak, which no trim can then give back.
 pub fn load_file(path: &Path, index: &IndexHandle) -> Result<LoadReport> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-        path: path.to_owned(),
-        source,
+    let objects = std::thread::scope(|s| {
+        s.spawn(|| {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            parse(path, &text)
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })?;
-    Ok(parse(path, &text)?.feed(index))
+    Ok(objects.feed(index))
 }
 
 impl Objects {
