@@ -1,25 +1,37 @@
 //! Names both ends of a flow: pod, workload and Service from the Kubernetes index; then the
 //! architecture's component, external or reserved party for each end.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use observer_common::record::{Direction, Endpoint, FlowRecord, Scope};
 
 use crate::{
     architecture::{Architecture, NODE},
     cgroups::{CgroupOwner, CgroupResolver},
+    fasthash::FastHash,
     inventory::{Attribution, Index, ServiceKey, TargetPort},
     judge::Context,
     names::HostNames,
 };
 
 /// A pod as far as attribution needs it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct PodEnd {
     namespace: String,
     pod: String,
     workload: observer_common::record::Workload,
     labels: BTreeMap<String, String>,
+}
+
+/// The pod an attributor learned for a network namespace from one record (see
+/// [`Attributor::learned`]).
+#[derive(Clone, Debug)]
+pub struct NetnsPod {
+    netns: u32,
+    pod: Arc<PodEnd>,
 }
 
 /// The result of attributing one record.
@@ -35,7 +47,7 @@ pub struct Attributor {
     cgroups: CgroupResolver,
     /// Network namespace inode -> the pod living in it, learned from the pod addresses seen on
     /// sockets of that namespace; names the pod behind loopback connections.
-    netns_pods: HashMap<u32, PodEnd>,
+    netns_pods: HashMap<u32, Arc<PodEnd>, FastHash>,
     pub host_netns: Option<u32>,
     /// Whether processes' cgroups on this machine can be consulted (not when re-judging a log
     /// recorded elsewhere).
@@ -46,7 +58,7 @@ impl Attributor {
     pub fn new(host_netns: Option<u32>) -> Attributor {
         Attributor {
             cgroups: CgroupResolver::new(),
-            netns_pods: HashMap::new(),
+            netns_pods: HashMap::default(),
             host_netns,
             live: true,
         }
@@ -57,9 +69,38 @@ impl Attributor {
     pub fn offline() -> Attributor {
         Attributor {
             cgroups: CgroupResolver::at(None),
-            netns_pods: HashMap::new(),
+            netns_pods: HashMap::default(),
             host_netns: None,
             live: false,
+        }
+    }
+
+    /// What [`attribute`](Self::attribute) learned from `record` about its network namespace:
+    /// to be learned again ([`relearn`](Self::relearn)) with each later record of the flow that
+    /// skips attribution, as attributing it would.
+    pub fn learned(&self, record: &FlowRecord) -> Option<NetnsPod> {
+        let local = match record.direction {
+            Direction::Egress => &record.src,
+            Direction::Ingress => &record.dst,
+        };
+        let (Some(ns), Some(pod), Some(_)) = (&local.namespace, &local.pod, &local.workload) else {
+            return None;
+        };
+        let learned = self.netns_pods.get(&record.netns)?;
+        (learned.namespace == *ns && learned.pod == *pod).then(|| NetnsPod {
+            netns: record.netns,
+            pod: learned.clone(),
+        })
+    }
+
+    /// Learns again what a record of a flow taught (see [`learned`](Self::learned)).
+    pub fn relearn(&mut self, learned: &NetnsPod) {
+        let same = self
+            .netns_pods
+            .get(&learned.netns)
+            .is_some_and(|p| Arc::ptr_eq(p, &learned.pod) || **p == *learned.pod);
+        if !same {
+            self.netns_pods.insert(learned.netns, learned.pod.clone());
         }
     }
 
@@ -104,15 +145,20 @@ impl Attributor {
         };
         if let (Some(ns), Some(pod), Some(w)) = (&local.namespace, &local.pod, &local.workload) {
             let li = if local_is_src { 0 } else { 1 };
-            self.netns_pods.insert(
-                record.netns,
-                PodEnd {
-                    namespace: ns.clone(),
-                    pod: pod.clone(),
-                    workload: w.clone(),
-                    labels: labels[li].clone(),
-                },
-            );
+            let end = PodEnd {
+                namespace: ns.clone(),
+                pod: pod.clone(),
+                workload: w.clone(),
+                labels: labels[li].clone(),
+            };
+            // The same pod again keeps its entry, so that flows caching it share one.
+            if self
+                .netns_pods
+                .get(&record.netns)
+                .is_none_or(|p| **p != end)
+            {
+                self.netns_pods.insert(record.netns, Arc::new(end));
+            }
         }
         if record.dst.scope == Some(Scope::Local)
             && let Some(pod) = self.netns_pods.get(&record.netns).cloned()

@@ -52,7 +52,11 @@ impl FlowLog {
     }
 
     pub fn write(&mut self, record: &FlowRecord) -> io::Result<()> {
-        let line = serde_json::to_vec(record)?;
+        self.write_line(&serde_json::to_vec(record)?)
+    }
+
+    /// Writes one record already serialised (without its newline).
+    pub fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
         if let Some((path, max)) = &self.file
             && self.written > 0
             && self.written + line.len() as u64 + 1 > *max
@@ -60,7 +64,7 @@ impl FlowLog {
             let path = path.clone();
             self.rotate(&path)?;
         }
-        self.out.write_all(&line)?;
+        self.out.write_all(line)?;
         self.out.write_all(b"\n")?;
         self.written += line.len() as u64 + 1;
         self.records += 1;

@@ -14,13 +14,16 @@
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use observer_common::{
     Outcome,
-    record::{Direction, FlowRecord, Verdict},
+    record::{Direction, FlowRecord, Outcomes, Verdict},
 };
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -166,19 +169,99 @@ impl Default for SeriesLimits {
     }
 }
 
+/// One live flow series: its counter and when it was last incremented. Only read or written
+/// under the [`SeriesBook`] lock; the atomics just make it shareable with [`FlowSeries`].
+#[derive(Debug)]
+struct Slot {
+    counter: Counter,
+    /// Nanoseconds from [`SeriesBook::base`] to the latest increment.
+    seen: AtomicU64,
+    /// Set once the series is removed: a holder must look its labels up again.
+    removed: AtomicBool,
+}
+
+impl Slot {
+    fn new(counter: Counter, book: &SeriesBook, now: Instant) -> Arc<Slot> {
+        Arc::new(Slot {
+            counter,
+            seen: AtomicU64::new(book.since_base(now)),
+            removed: AtomicBool::new(false),
+        })
+    }
+}
+
+/// The series one flow counts into, found once through its labels and then incremented
+/// directly, without building or hashing label sets ([`Metrics::observe_series_at`]). A series
+/// removed since (expired) is looked up again, and so is an overflow series once any series was
+/// removed (the flow may then get its own).
+#[derive(Clone, Debug, Default)]
+pub struct FlowSeries {
+    connections: Held,
+    unexpected: [Held; Outcome::COUNT],
+}
+
+#[derive(Clone, Debug, Default)]
+enum Held {
+    #[default]
+    Nothing,
+    Own(Arc<Slot>),
+    /// Counted in this overflow series while [`SeriesBook::removals`] was `removals`: the book
+    /// was full then and, as only a removal makes room, still is, and the flow's own labels
+    /// are still not in it.
+    Overflow {
+        counter: Counter,
+        removals: u64,
+    },
+}
+
 /// When each live flow series was last incremented.
-#[derive(Default)]
 struct SeriesBook {
-    connections: HashMap<ConnectionLabels, Instant>,
-    unexpected: HashMap<UnexpectedLabels, Instant>,
+    connections: HashMap<ConnectionLabels, Arc<Slot>>,
+    unexpected: HashMap<UnexpectedLabels, Arc<Slot>>,
     /// Overflow series created so far (they are never removed).
     overflow_series: usize,
     last_sweep: Option<Instant>,
+    /// The origin of [`Slot::seen`].
+    base: Instant,
+    /// Sweeps that removed series so far.
+    removals: u64,
+}
+
+impl Default for SeriesBook {
+    fn default() -> Self {
+        SeriesBook {
+            connections: HashMap::new(),
+            unexpected: HashMap::new(),
+            overflow_series: 0,
+            last_sweep: None,
+            base: Instant::now(),
+            removals: 0,
+        }
+    }
 }
 
 impl SeriesBook {
     fn len(&self) -> usize {
         self.connections.len() + self.unexpected.len()
+    }
+
+    fn since_base(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.base).as_nanos() as u64
+    }
+
+    /// The counter `held` says to count in, when that still holds: marks an own series
+    /// incremented at `now`; `overflowed` tells an overflow series.
+    fn touch<'h>(&self, held: &'h Held, now: Instant) -> Option<(&'h Counter, bool)> {
+        match held {
+            Held::Own(slot) if !slot.removed.load(Ordering::Relaxed) => {
+                slot.seen.store(self.since_base(now), Ordering::Relaxed);
+                Some((&slot.counter, false))
+            }
+            Held::Overflow { counter, removals } if *removals == self.removals => {
+                Some((counter, true))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -445,48 +528,96 @@ impl Metrics {
 
     /// Counts a written record at `now` (tests pass their own clock).
     pub fn observe_record_at(&self, r: &FlowRecord, now: Instant) {
-        let labels = connection_labels(r);
+        self.observe_series_at(
+            &connection_labels(r),
+            r.count,
+            &r.outcomes,
+            &mut FlowSeries::default(),
+            now,
+        );
+    }
+
+    /// Counts a written record of `count` connections (by outcome: `outcomes`) whose labels
+    /// are `labels` ([`connection_labels`]), through the series `held` from the flow's previous
+    /// record when they are still live; `held` is updated for the next one.
+    pub fn observe_series_at(
+        &self,
+        labels: &ConnectionLabels,
+        count: u64,
+        outcomes: &Outcomes,
+        held: &mut FlowSeries,
+        now: Instant,
+    ) {
         let mut book = self.series.lock().unwrap_or_else(|e| e.into_inner());
         self.sweep(&mut book, now);
         let mut overflowed = 0;
-        let conn = if let Some(seen) = book.connections.get_mut(&labels) {
-            *seen = now;
-            labels.clone()
+        if let Some((counter, overflow)) = book.touch(&held.connections, now) {
+            counter.inc_by(count);
+            if overflow {
+                overflowed = count;
+            }
+        } else if let Some(slot) = book.connections.get(labels) {
+            slot.seen.store(book.since_base(now), Ordering::Relaxed);
+            slot.counter.inc_by(count);
+            held.connections = Held::Own(slot.clone());
         } else if book.len() < self.limits.max_series {
-            book.connections.insert(labels.clone(), now);
-            labels.clone()
+            let counter = self.connections.get_or_create(labels).clone();
+            counter.inc_by(count);
+            let slot = Slot::new(counter, &book, now);
+            book.connections.insert(labels.clone(), slot.clone());
+            held.connections = Held::Own(slot);
         } else {
-            overflowed = r.count;
+            overflowed = count;
             let o = labels.overflow();
             if self.connections.get(&o).is_none() {
                 book.overflow_series += 1;
             }
-            o
-        };
-        self.connections.get_or_create(&conn).inc_by(r.count);
-        if r.verdict == Some(Verdict::Unexpected) {
+            let counter = self.connections.get_or_create(&o).clone();
+            counter.inc_by(count);
+            held.connections = Held::Overflow {
+                counter,
+                removals: book.removals,
+            };
+        }
+        if labels.verdict == VERDICT_UNEXPECTED {
             let mut overflowed_outcomes = 0;
             for o in Outcome::ALL {
-                let n = r.outcomes.get(o);
+                let n = outcomes.get(o);
                 if n == 0 {
                     continue;
                 }
+                let held = &mut held.unexpected[o as usize];
+                if let Some((counter, overflow)) = book.touch(held, now) {
+                    counter.inc_by(n);
+                    if overflow {
+                        overflowed_outcomes += n;
+                    }
+                    continue;
+                }
                 let u = labels.unexpected(o.name());
-                let u = if let Some(seen) = book.unexpected.get_mut(&u) {
-                    *seen = now;
-                    u
+                if let Some(slot) = book.unexpected.get(&u) {
+                    slot.seen.store(book.since_base(now), Ordering::Relaxed);
+                    slot.counter.inc_by(n);
+                    *held = Held::Own(slot.clone());
                 } else if book.len() < self.limits.max_series {
-                    book.unexpected.insert(u.clone(), now);
-                    u
+                    let counter = self.unexpected.get_or_create(&u).clone();
+                    counter.inc_by(n);
+                    let slot = Slot::new(counter, &book, now);
+                    book.unexpected.insert(u, slot.clone());
+                    *held = Held::Own(slot);
                 } else {
                     overflowed_outcomes += n;
                     let o = u.overflow();
                     if self.unexpected.get(&o).is_none() {
                         book.overflow_series += 1;
                     }
-                    o
-                };
-                self.unexpected.get_or_create(&u).inc_by(n);
+                    let counter = self.unexpected.get_or_create(&o).clone();
+                    counter.inc_by(n);
+                    *held = Held::Overflow {
+                        counter,
+                        removals: book.removals,
+                    };
+                }
             }
             // Each connection is counted once, whichever of its series overflowed.
             if overflowed == 0 {
@@ -512,24 +643,34 @@ impl Metrics {
         }
         book.last_sweep = Some(now);
         let ttl = self.limits.ttl;
-        let fresh = |seen: &Instant| now.saturating_duration_since(*seen) < ttl;
-        let mut expired = 0;
-        book.connections.retain(|l, seen| {
-            let keep = fresh(seen);
+        let (base, mut expired) = (book.base, 0);
+        let fresh = |slot: &Slot| {
+            let seen = base + Duration::from_nanos(slot.seen.load(Ordering::Relaxed));
+            let keep = now.saturating_duration_since(seen) < ttl;
+            if !keep {
+                slot.removed.store(true, Ordering::Relaxed);
+            }
+            keep
+        };
+        book.connections.retain(|l, slot| {
+            let keep = fresh(slot);
             if !keep {
                 self.connections.remove(l);
                 expired += 1;
             }
             keep
         });
-        book.unexpected.retain(|l, seen| {
-            let keep = fresh(seen);
+        book.unexpected.retain(|l, slot| {
+            let keep = fresh(slot);
             if !keep {
                 self.unexpected.remove(l);
                 expired += 1;
             }
             keep
         });
+        if expired > 0 {
+            book.removals += 1;
+        }
         self.series_expired.inc_by(expired);
     }
 
@@ -638,7 +779,11 @@ pub fn openmetrics_to_text(om: &str) -> String {
     out
 }
 
-fn connection_labels(r: &FlowRecord) -> ConnectionLabels {
+/// The `verdict` label of unexpected flows.
+const VERDICT_UNEXPECTED: &str = "unexpected";
+
+/// The labels a record counts under in `observer_connections_total`.
+pub fn connection_labels(r: &FlowRecord) -> ConnectionLabels {
     let dst_name = match r.dst.scope {
         Some(observer_common::record::Scope::External) => r
             .dst
@@ -667,7 +812,7 @@ fn connection_labels(r: &FlowRecord) -> ConnectionLabels {
         dst_port: r.dst.port.map(|p| p.to_string()).unwrap_or_default(),
         verdict: match r.verdict {
             Some(Verdict::Expected) => "expected",
-            Some(Verdict::Unexpected) => "unexpected",
+            Some(Verdict::Unexpected) => VERDICT_UNEXPECTED,
             None => "",
         },
         reason: r.reason.map_or("", |x| x.name()),
@@ -971,5 +1116,63 @@ mod tests {
         assert_eq!(sample(&text, "observer_flow_series_expired_total"), 2.0);
         assert_eq!(sample(&text, SERIES_OVERFLOW), 0.0);
         assert_eq!(sample(&text, "observer_flow_series "), 3.0);
+    }
+
+    #[test]
+    fn held_series_count_exactly_as_label_lookups_do() {
+        // Two agents fed the same records: one looks labels up for every record, the other
+        // holds each flow's series; with a tight cap, overflow and expiry on the way.
+        let limits = SeriesLimits {
+            max_series: 4,
+            ttl: Duration::from_secs(60),
+        };
+        let (looked_up, held) = (Metrics::with_limits(limits), Metrics::with_limits(limits));
+        let mut series: Vec<super::FlowSeries> = vec![Default::default(); 6];
+        let t0 = Instant::now();
+        let outcomes = |n: u64| Outcomes {
+            established: n,
+            refused: n % 2,
+            ..Default::default()
+        };
+        let flows = ["a", "b", "c", "d", "e", "f"];
+        for step in 0..40u64 {
+            let now = t0 + Duration::from_secs(step * 13);
+            for (i, w) in flows.iter().enumerate() {
+                // Two groups of flows take turns every 78 s (past the TTL), each flow now and
+                // then within its group's turn.
+                let turn = (step / 6 + i as u64).is_multiple_of(2);
+                if !turn || !(step + i as u64).is_multiple_of(i as u64 % 3 + 1) {
+                    continue;
+                }
+                let scope = if i % 2 == 0 {
+                    Scope::External
+                } else {
+                    Scope::Cluster
+                };
+                let r = record(w, scope, 80, outcomes(step % 3 + 1));
+                looked_up.observe_record_at(&r, now);
+                held.observe_series_at(
+                    &super::connection_labels(&r),
+                    r.count,
+                    &r.outcomes,
+                    &mut series[i],
+                    now,
+                );
+            }
+            // Families list their series in hash order: compare the sets of lines.
+            let lines = |m: &Metrics| {
+                let mut l: Vec<String> = m
+                    .encode_without_expiry()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect();
+                l.sort();
+                l
+            };
+            assert_eq!(lines(&looked_up), lines(&held), "step {step}");
+        }
+        let text = held.encode_without_expiry();
+        assert!(sample(&text, "observer_flow_series_expired_total") > 0.0);
+        assert!(sample(&text, SERIES_OVERFLOW) > 0.0);
     }
 }

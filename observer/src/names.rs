@@ -3,19 +3,40 @@
 //! names addresses for wildcard externals (`*.ts.net`) where the file lists a matching name.
 //! The DNS answers pods receive are the better source; they arrive with the DNS-aware issue.
 
-use std::{collections::HashMap, net::IpAddr, path::Path};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::Path,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 #[derive(Clone, Debug, Default)]
 pub struct HostNames {
     by_ip: HashMap<IpAddr, String>,
+    /// 0 while empty and never changed; otherwise unique to this content in the process (a
+    /// clone shares it), so caches of names can be keyed by it.
+    generation: u64,
 }
 
+/// The source of [`HostNames::generation`]s.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
 impl HostNames {
+    /// Equal generations mean equal names (see the field).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn changed(&mut self) {
+        self.generation = GENERATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn name(&self, ip: IpAddr) -> Option<&str> {
         self.by_ip.get(&ip.to_canonical()).map(String::as_str)
     }
 
     pub fn insert(&mut self, ip: IpAddr, name: &str) {
+        self.changed();
         self.by_ip
             .entry(ip.to_canonical())
             .or_insert_with(|| name.trim_end_matches('.').to_ascii_lowercase());
@@ -63,6 +84,7 @@ impl HostNames {
 
     /// Adds `other`'s names for addresses this one does not name yet.
     pub fn merge(&mut self, other: &HostNames) {
+        self.changed();
         for (ip, name) in &other.by_ip {
             self.by_ip.entry(*ip).or_insert_with(|| name.clone());
         }

@@ -25,11 +25,15 @@ use crate::{
         tracker::Tracker,
     },
     dns::{DnsCounts, DnsNames},
+    flowcache::{Emitted, Epoch, Fate, FlowCache},
     flowlog::FlowLog,
     http::{self, Health},
     inventory::{self, IndexHandle, InventoryStatus, NodeAddresses},
     judge,
-    metrics::{DnsResultLabels, LossLabels, Metrics, SeriesLimits},
+    metrics::{
+        ConnectionLabels, DnsResultLabels, FlowSeries, LossLabels, Metrics, SeriesLimits,
+        connection_labels,
+    },
     names::HostNames,
     scope::Scoper,
     traces::{TraceOptions, Traces},
@@ -163,6 +167,10 @@ struct Agent {
     names: Arc<Mutex<HostNames>>,
     held: VecDeque<Held>,
     traces: Traces,
+    /// Attribution, verdict and series of each flow, so its next records skip them.
+    cache: FlowCache,
+    /// The JSON line of the record being written (reused).
+    line: Vec<u8>,
     /// What the DNS answers pods received say, when DNS capture is on.
     dns: Option<DnsState>,
 }
@@ -208,6 +216,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         InventorySource::File(path) => {
             let handle = IndexHandle::new(node);
             let report = inventory::offline::load_file(path, &handle)?;
+            crate::memory::release_free_heap();
             tracing::info!(?report, "inventory loaded from {}", path.display());
             Some(handle)
         }
@@ -277,6 +286,8 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             exported: DnsCounts::default(),
             queries: Tracker::default(),
         }),
+        cache: FlowCache::default(),
+        line: Vec::with_capacity(1024),
         opts,
     };
     agent.record_preexisting();
@@ -404,6 +415,7 @@ impl Agent {
                 // Reported in full above; the kernel re-creates the entry if the flow returns.
                 self.capture.delete(key);
                 self.tracker.forget(key);
+                self.cache.forget(key);
             }
             self.health
                 .metrics
@@ -422,17 +434,72 @@ impl Agent {
     }
 
     fn observe(&mut self, key: FlowKey, counters: FlowCounters) {
-        if let Some(delta) = self.tracker.observe(key, counters) {
-            let record = self.record(&key, &delta.outcomes, &counters, false);
-            self.finish(record, None);
+        let Some(delta) = self.tracker.observe(key, counters) else {
+            return;
+        };
+        let record = self.record(&key, &delta.outcomes, &counters, false);
+        // Read before the index, model and names that attribution uses: a change after this
+        // point is cached under the older epoch, which the next record no longer matches.
+        let epoch = self.epoch();
+        if let Some(cached) = self.cache.get(&key, epoch) {
+            if let Some(learned) = &cached.netns_pod {
+                self.attributor.relearn(learned);
+            }
+            match &mut cached.fate {
+                Fate::LeftToSourceNode { counted } => {
+                    if *counted {
+                        self.health
+                            .metrics
+                            .ingress_left_to_source_node
+                            .inc_by(record.count);
+                    }
+                }
+                Fate::Emit(emitted) => emit_cached(
+                    emitted,
+                    &record,
+                    &self.health.metrics,
+                    &mut self.traces,
+                    &mut self.log,
+                    &mut self.line,
+                ),
+            }
+            return;
+        }
+        self.finish_flow(record, None, Some((key, epoch)));
+    }
+
+    /// The generations of the index, model and names in force.
+    fn epoch(&self) -> Epoch {
+        Epoch {
+            index: self.index.as_ref().map(IndexHandle::generation),
+            model: self.opts.model.as_ref().map(|(_, h)| h.generation()),
+            names: self
+                .names
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .generation(),
         }
     }
 
     /// Attributes and judges `record`; holds it while the index does not know one of its
     /// cluster addresses (at most `--hold`), then writes it.
-    fn finish(&mut self, mut record: FlowRecord, held_until: Option<Instant>) {
+    fn finish(&mut self, record: FlowRecord, held_until: Option<Instant>) {
+        self.finish_flow(record, held_until, None);
+    }
+
+    /// [`finish`](Self::finish), caching the outcome as that of the flow `key` under the epoch
+    /// read before attribution.
+    fn finish_flow(
+        &mut self,
+        mut record: FlowRecord,
+        held_until: Option<Instant>,
+        flow: Option<(FlowKey, Epoch)>,
+    ) {
         let index = self.index.as_ref().map(IndexHandle::snapshot);
         let model = self.opts.model.as_ref().map(|(_, h)| h.current());
+        // A flow to an outside address is named by DNS answers that come and expire between
+        // its records, which no epoch of the cache tracks: such flows are never cached.
+        let flow = flow.filter(|_| self.dns.is_none() || record.dst.scope != Some(Scope::External));
         if let Some(dns) = &self.dns
             && record.dst.scope == Some(Scope::External)
             && record.dst.host.is_none()
@@ -453,6 +520,7 @@ impl Agent {
             self.attributor
                 .attribute(&mut record, index.as_deref(), model.as_deref(), &names);
         drop(names);
+        let learned = flow.and_then(|_| self.attributor.learned(&record));
         if left_to_source_node(self.opts.ingress, &record) {
             // Decided before holding: whatever the index learns, this agent will not report it,
             // so it neither waits nor counts as unattributed.
@@ -462,10 +530,14 @@ impl Agent {
                     .ingress_left_to_source_node
                     .inc_by(record.count);
             }
+            if let Some((key, epoch)) = flow {
+                self.cache.left_to_source_node(key, epoch, &record, learned);
+            }
             return;
         }
         let now = Instant::now();
-        if attributed.incomplete && self.index.is_some() {
+        let incomplete = attributed.incomplete && self.index.is_some();
+        if incomplete {
             let until = held_until.unwrap_or(now + self.opts.hold);
             if now < until {
                 self.held.push_back(Held {
@@ -479,9 +551,16 @@ impl Agent {
         if let Some(model) = &model {
             judge::judge(model, &mut record, attributed.ctx);
         }
-        self.emit(record);
+        let labels = connection_labels(&record);
+        let mut series = FlowSeries::default();
+        self.emit(&record, &labels, &mut series);
+        if let Some((key, epoch)) = flow
+            && !incomplete
+        {
+            self.cache
+                .emitted(key, epoch, &record, &self.line, labels, series, learned);
+        }
     }
-
     /// Retries held records; writes those whose hold expired (or all, at shutdown).
     fn release_held(&mut self, all: bool) {
         let now = Instant::now();
@@ -493,10 +572,22 @@ impl Agent {
         self.health.metrics.held.set(self.held.len() as i64);
     }
 
-    fn emit(&mut self, record: FlowRecord) {
-        self.health.metrics.observe_record(&record);
-        self.traces.observe(&record);
-        match self.log.write(&record) {
+    fn emit(&mut self, record: &FlowRecord, labels: &ConnectionLabels, series: &mut FlowSeries) {
+        let m = &self.health.metrics;
+        m.observe_series_at(
+            labels,
+            record.count,
+            &record.outcomes,
+            series,
+            std::time::Instant::now(),
+        );
+        self.traces.observe(record);
+        // Serialised into `line`, where the flow cache finds it.
+        self.line.clear();
+        let written = serde_json::to_writer(&mut self.line, record)
+            .map_err(std::io::Error::from)
+            .and_then(|()| self.log.write_line(&self.line));
+        match written {
             Ok(()) => {
                 self.health.metrics.flow_records.inc();
             }
@@ -628,6 +719,42 @@ impl Agent {
             n += count;
         }
         tracing::info!(connections = n, "recorded connections open before start");
+    }
+}
+
+/// What [`Agent::emit`] does, for a record of a cached flow: `record` is as the kernel reading
+/// made it, `emitted` holds the rest; `line` is scratch space. Public for the pipeline bench.
+pub fn emit_cached(
+    emitted: &mut Emitted,
+    record: &FlowRecord,
+    metrics: &Metrics,
+    traces: &mut Traces,
+    log: &mut FlowLog,
+    line: &mut Vec<u8>,
+) {
+    metrics.observe_series_at(
+        &emitted.labels,
+        record.count,
+        &record.outcomes,
+        &mut emitted.series,
+        std::time::Instant::now(),
+    );
+    line.clear();
+    let written = emitted.write_line(line, record).and_then(|()| {
+        if emitted.unexpected && traces.active() {
+            // The line is exactly the record (checked when the flow was cached).
+            traces.observe(&serde_json::from_slice(line)?);
+        }
+        log.write_line(line)
+    });
+    match written {
+        Ok(()) => {
+            metrics.flow_records.inc();
+        }
+        Err(e) => {
+            metrics.agent_loss("flow_log_write_failed", record.count);
+            tracing::warn!("flow log write failed: {e}");
+        }
     }
 }
 

@@ -423,6 +423,11 @@ impl Traces {
     }
 
     /// Called for every written record; spans only unexpected ones.
+    /// Whether spans are exported at all ([`observe`](Self::observe) does nothing otherwise).
+    pub fn active(&self) -> bool {
+        self.inner.is_some()
+    }
+
     pub fn observe(&mut self, r: &FlowRecord) {
         let Some(inner) = &mut self.inner else {
             return;

@@ -29,11 +29,20 @@ const SAFETY_POLL: Duration = Duration::from_secs(60);
 
 /// The model in force, shared by everything that judges flows. Cloning shares the same model.
 #[derive(Clone, Debug)]
-pub struct ModelHandle(Arc<RwLock<Arc<Architecture>>>);
+pub struct ModelHandle(Arc<RwLock<Arc<Architecture>>>, Arc<AtomicU64>);
 
 impl ModelHandle {
     pub fn new(model: Architecture) -> ModelHandle {
-        ModelHandle(Arc::new(RwLock::new(Arc::new(model))))
+        ModelHandle(
+            Arc::new(RwLock::new(Arc::new(model))),
+            Arc::new(AtomicU64::new(0)),
+        )
+    }
+
+    /// Changes whenever another model is put in force, so a cache of verdicts keyed by it
+    /// never serves what an older model said.
+    pub fn generation(&self) -> u64 {
+        self.1.load(Ordering::Acquire)
     }
 
     /// The model in force now; later reloads do not change the returned one, so a caller judging
@@ -47,7 +56,10 @@ impl ModelHandle {
     }
 
     fn replace(&self, model: Architecture) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(model);
+        let mut current = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        *current = Arc::new(model);
+        // Under the lock: a reader that sees the new generation then reads the new model.
+        self.1.fetch_add(1, Ordering::AcqRel);
     }
 }
 

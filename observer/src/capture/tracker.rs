@@ -4,9 +4,11 @@
 //! reports only the difference, so a flow read twice (from a ring hint and from a full scan) is
 //! never counted twice, and a flow whose hint was lost is still counted by the next scan.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, hash_map::Entry};
 
 use observer_common::{FlowCounters, FlowKey, Outcome};
+
+use crate::fasthash::FastHash;
 
 /// What was last reported for one flow.
 #[derive(Clone, Copy, Debug)]
@@ -32,17 +34,25 @@ impl Delta {
 
 #[derive(Default)]
 pub struct Tracker {
-    reported: HashMap<FlowKey, Reported>,
+    /// Keyed with a fast hash: this is looked up for every reading of every flow.
+    reported: HashMap<FlowKey, Reported, FastHash>,
 }
 
 impl Tracker {
     /// Records a reading of `key` and returns its delta, or `None` when nothing changed.
     pub fn observe(&mut self, key: FlowKey, counters: FlowCounters) -> Option<Delta> {
-        let previous = self
-            .reported
-            .get(&key)
-            .map(|r| r.outcomes)
-            .unwrap_or_default();
+        let reading = Reported {
+            outcomes: counters.outcomes,
+            last_seen_ns: counters.last_seen_ns,
+        };
+        // One hash lookup per reading, whether the flow is new or known.
+        let previous = match self.reported.entry(key) {
+            Entry::Occupied(mut e) => std::mem::replace(e.get_mut(), reading).outcomes,
+            Entry::Vacant(e) => {
+                e.insert(reading);
+                [0; Outcome::COUNT]
+            }
+        };
         let mut outcomes = [0u64; Outcome::COUNT];
         for (i, slot) in outcomes.iter_mut().enumerate() {
             // Counters only grow while an entry lives; a smaller value means the entry was
@@ -51,13 +61,6 @@ impl Tracker {
                 .checked_sub(previous[i])
                 .unwrap_or(counters.outcomes[i]);
         }
-        self.reported.insert(
-            key,
-            Reported {
-                outcomes: counters.outcomes,
-                last_seen_ns: counters.last_seen_ns,
-            },
-        );
         let delta = Delta {
             key,
             outcomes,

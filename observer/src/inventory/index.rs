@@ -226,6 +226,13 @@ pub struct Index {
     services: Arc<ServiceTables>,
     node: Arc<NodeAddresses>,
     skipped: u64,
+    /// Counts the snapshots a handle published: equal generations of one handle are the same
+    /// index, so results derived from it can be cached under the generation.
+    generation: u64,
+    /// [`Index::workload_for_service`] per Service of this snapshot (by the address of its
+    /// `ServiceInfo`, which the snapshot keeps alive), computed when first asked: attribution
+    /// asks for every flow to a ClusterIP, and each answer walks the Service's pods.
+    service_workloads: Arc<Mutex<HashMap<usize, Option<ServiceWorkload>>>>,
 }
 
 #[derive(Debug, Default)]
@@ -387,6 +394,18 @@ impl Index {
         })
     }
 
+    /// [`workload_for_service`](Self::workload_for_service), computed once per snapshot.
+    fn workload_for_service_memo(&self, svc: &ServiceInfo) -> Option<ServiceWorkload> {
+        let id = svc as *const ServiceInfo as usize;
+        let mut memo = self
+            .service_workloads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        memo.entry(id)
+            .or_insert_with(|| self.workload_for_service(svc))
+            .clone()
+    }
+
     /// Host-network pods on `node`: they share the node's addresses, so a flow from a node
     /// address can only be tied to one of them by other means (cgroup, process).
     pub fn host_network_pods(&self, node: &str) -> &[Arc<PodInfo>] {
@@ -417,7 +436,7 @@ impl Index {
                 }
             }
             IpOwner::Service { service, port } => {
-                let backend = self.workload_for_service(service);
+                let backend = self.workload_for_service_memo(service);
                 Attribution {
                     namespace: Some(service.namespace.clone()),
                     pod: None,
@@ -448,6 +467,11 @@ impl Index {
             },
             IpOwner::Unknown => Attribution::default(),
         }
+    }
+
+    /// This snapshot's place in its handle's sequence (see [`IndexHandle::generation`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn stats(&self) -> IndexStats {
@@ -1045,6 +1069,12 @@ impl IndexHandle {
         self.shared.tx.borrow().clone()
     }
 
+    /// The generation of the current snapshot: it changes whenever a new snapshot is
+    /// published, so a cache keyed by it never serves what an older index said.
+    pub fn generation(&self) -> u64 {
+        self.shared.tx.borrow().generation
+    }
+
     /// A receiver that is told of every new snapshot.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Index>> {
         self.shared.tx.subscribe()
@@ -1140,6 +1170,8 @@ impl IndexHandle {
             },
             node: current.node.clone(),
             skipped: b.skipped,
+            generation: current.generation + 1,
+            service_workloads: Default::default(),
         };
         self.shared.tx.send_replace(Arc::new(next));
     }

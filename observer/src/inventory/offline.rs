@@ -40,12 +40,25 @@ pub struct LoadReport {
 }
 
 /// Reads `path` and loads its objects into `index`.
+///
+/// The file is read and parsed on a thread of its own, so that the parse's allocations (the
+/// text, a JSON tree and every object in full: several times what the index keeps) come from
+/// that thread's malloc arena, all of it free once the objects are fed, while the index's
+/// records are allocated on the caller's. Parsed on the caller's thread, the records end up
+/// scattered over the pages of the parse's peak, which no trim can then give back.
 pub fn load_file(path: &Path, index: &IndexHandle) -> Result<LoadReport> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-        path: path.to_owned(),
-        source,
+    let objects = std::thread::scope(|s| {
+        s.spawn(|| {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            parse(path, &text)
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })?;
-    Ok(parse(path, &text)?.feed(index))
+    Ok(objects.feed(index))
 }
 
 impl Objects {
@@ -82,13 +95,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Objects> {
     let docs = documents(path, text)?;
     let multi = docs.len() > 1;
     let mut out = Objects::default();
-    for (d, doc) in docs.into_iter().enumerate() {
+    for (d, mut doc) in docs.into_iter().enumerate() {
         let doc_loc = if multi {
             format!("document {} ", d + 1)
         } else {
             String::new()
         };
-        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let kind = doc
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         let is_list = kind == "List" || (kind.ends_with("List") && doc.get("items").is_some());
         if !is_list {
             add_item(
@@ -99,15 +116,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Objects> {
             )?;
             continue;
         }
-        let items = match doc.get("items") {
+        // Taken, not cloned: the items are most of the document, and it is dropped item by item
+        // as they are decoded.
+        let items = match doc.get_mut("items").map(Value::take) {
             None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(items)) => items.clone(),
+            Some(Value::Array(items)) => items,
             Some(other) => {
                 return Err(Error::Shape {
                     path: path.to_owned(),
                     message: format!(
                         "{doc_loc}kind {kind}: `items` is {}, expected a list",
-                        type_name(other)
+                        type_name(&other)
                     ),
                 });
             }

@@ -293,7 +293,12 @@ async fn watch_kind<K>(
                 }
                 failing = false;
             }
+            let listed = events.iter().any(|e| matches!(e, Event::InitDone));
             apply(events);
+            if listed {
+                // A list parses every object in full; the index keeps a small part.
+                crate::memory::release_free_heap();
+            }
             if let Some(e) = failure {
                 status.record_error();
                 if failing {
