@@ -393,17 +393,30 @@ fn a_tiny_flow_map_counts_what_it_cannot_hold() {
     assert_eq!(recorded + lost, 200);
 }
 
-#[test]
-fn missing_capabilities_are_named_with_exit_code_2() {
-    observer_tests::require_root();
+/// `observer run` for a second with only the capabilities of `bounding` (setpriv's syntax):
+/// its exit code and standard error.
+fn run_with_capabilities(bounding: &str) -> (Option<i32>, String) {
     let out = Command::new("setpriv")
-        .args(["--bounding-set=-all", "--inh-caps=-all", "--"])
+        .args([
+            &format!("--bounding-set={bounding}"),
+            "--inh-caps=-all",
+            "--",
+        ])
         .arg(observer_tests::observer_bin())
         .args(["run", "--duration", "1s", "--metrics-addr", "127.0.0.1:0"])
         .output()
         .expect("setpriv");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn missing_capabilities_are_named_with_exit_code_2() {
+    observer_tests::require_root();
+    let (code, stderr) = run_with_capabilities("-all");
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("missing capability CAP_BPF"), "{stderr}");
     assert_eq!(
         stderr
@@ -415,14 +428,8 @@ fn missing_capabilities_are_named_with_exit_code_2() {
     );
 
     // With the capture's capabilities but not the DNS programs' one: named, with the way out.
-    let out = Command::new("setpriv")
-        .args(["--bounding-set=-all,+bpf,+perfmon", "--inh-caps=-all", "--"])
-        .arg(observer_tests::observer_bin())
-        .args(["run", "--duration", "1s", "--metrics-addr", "127.0.0.1:0"])
-        .output()
-        .expect("setpriv");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = run_with_capabilities("-all,+bpf,+perfmon");
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("missing capability CAP_NET_ADMIN") && stderr.contains("run with --no-dns"),
         "{stderr}"
