@@ -89,6 +89,10 @@ struct ResolvConf(PathBuf);
 
 impl ResolvConf {
     fn write(host: &Host, nameserver: Ipv4Addr, options: &str) -> ResolvConf {
+        ResolvConf::write_any(host, &nameserver.to_string(), options)
+    }
+
+    fn write_any(host: &Host, nameserver: &str, options: &str) -> ResolvConf {
         let dir = PathBuf::from("/etc/netns").join(&host.netns);
         fs::create_dir_all(&dir).expect("/etc/netns dir");
         fs::write(
@@ -544,4 +548,57 @@ fn dns_losses_are_counted_where_they_happen() {
         "evicted by the later answer"
     );
     assert!(agent.metric("observer_dns_names_evicted_total") > evicted);
+}
+
+/// Over IPv6: an AAAA answer received over IPv6 names the flow to that address.
+#[test]
+fn an_answer_received_over_ipv6_names_the_ipv6_flow() {
+    let lab = Lab::new(3);
+    let (pod, resolver, server) = (&lab.hosts[0], &lab.hosts[1], &lab.hosts[2]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _resolver = NameServer::start(
+        resolver,
+        dir.path(),
+        &[
+            format!("--listen-address={}", resolver.ip6),
+            format!("--host-record=v6.tail1234.ts.net,{},300", server.ip6),
+        ],
+    );
+    let _conf = ResolvConf::write_any(pod, &resolver.ip6.to_string(), "");
+    let _server = serve(server, &format!("[{}]:443", server.ip6));
+    let hosts = dir.path().join("hosts");
+    fs::write(&hosts, "").expect("hosts file");
+    let agent = Agent::start(&[
+        "--no-kubernetes",
+        "--hosts-file",
+        &hosts.display().to_string(),
+    ]);
+    let (out, _) = peer(pod, &["resolve", "v6.tail1234.ts.net", "443", "2"]);
+    assert_eq!(out["address"], json!(server.ip6.to_string()), "{out}");
+    let p = pod.netns_inode();
+    let records = agent.wait_for(SETTLE, "the IPv6 connections and queries", |rs| {
+        let mine = of_netns(rs, p);
+        mine.iter()
+            .filter(|r| r.protocol == Protocol::Tcp)
+            .map(|r| r.count)
+            .sum::<u64>()
+            == 2
+            && mine.iter().any(|r| r.protocol == Protocol::Udp)
+    });
+    let tcp: Vec<_> = of_netns(&records, p)
+        .into_iter()
+        .filter(|r| r.protocol == Protocol::Tcp)
+        .collect();
+    assert!(
+        tcp.iter().all(|r| r.dst.ip == Some(server.ip6.into())
+            && r.dst.host.as_deref() == Some("v6.tail1234.ts.net")),
+        "{tcp:#?}"
+    );
+    // The queries went over IPv6 too: a UDP flow to the resolver's IPv6 address.
+    assert!(
+        of_netns(&records, p)
+            .iter()
+            .any(|r| r.protocol == Protocol::Udp && r.dst.ip == Some(resolver.ip6.into())),
+        "{records:#?}"
+    );
 }

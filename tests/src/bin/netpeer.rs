@@ -9,7 +9,7 @@
 //!   netpeer resolve NAME PORT N        resolve NAME with the system resolver (getaddrinfo, as
 //!                                      an application does: /etc/resolv.conf, which
 //!                                      `ip netns exec` takes from /etc/netns/NS/), then make N
-//!                                      connections to its first IPv4 address; N may be 0
+//!                                      connections to its first IPv4 address (else IPv6); N may be 0
 //!   netpeer lookups NAME K             resolve NAME K times, one after another
 //!
 //! It prints one JSON line of results on stdout, so tests can cross-check what the agent saw.
@@ -119,7 +119,12 @@ fn main() {
                     .map(|a| a.collect())
                     .unwrap_or_default();
             let mut outcomes: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-            let first = addrs.iter().find(|a| a.is_ipv4()).copied();
+            // The first IPv4 address, else the first IPv6 one.
+            let first = addrs
+                .iter()
+                .find(|a| a.is_ipv4())
+                .or_else(|| addrs.first())
+                .copied();
             outcomes.insert(
                 "address".into(),
                 first.map_or(serde_json::Value::Null, |a| a.ip().to_string().into()),
