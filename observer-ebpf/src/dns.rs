@@ -251,13 +251,7 @@ fn count_query(ctx: &SkBuffContext, p: &Packet) {
     }
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(v) = DNS_QUERIES.get_ptr_mut(&key) {
-        // SAFETY: a live element of a non-preallocated map; counters change only atomically.
-        unsafe {
-            let c = core::ptr::addr_of_mut!((*v).outcomes[Outcome::Established as usize]);
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(c, 1);
-            core::ptr::write_volatile(core::ptr::addr_of_mut!((*v).last_seen_ns), now);
-        }
+    if add_query(&key, now) {
         return;
     }
     let mut value = FlowCounters {
@@ -266,20 +260,30 @@ fn count_query(ctx: &SkBuffContext, p: &Packet) {
         ..FlowCounters::default()
     };
     value.outcomes[Outcome::Established as usize] = 1;
+    // EEXIST (another CPU created it meanwhile) adds to that entry; only a full map loses it.
     if DNS_QUERIES
         .insert(&key, &value, BPF_NOEXIST as u64)
         .is_err()
+        && !add_query(&key, now)
     {
-        // EEXIST (another CPU created it) or a full map: add to the entry if it exists now.
-        match DNS_QUERIES.get_ptr_mut(&key) {
-            // SAFETY: as above.
-            Some(v) => unsafe {
-                let c = core::ptr::addr_of_mut!((*v).outcomes[Outcome::Established as usize]);
-                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(c, 1);
-            },
-            None => count_loss(loss::DNS_QUERY_MAP_FULL),
-        }
+        count_loss(loss::DNS_QUERY_MAP_FULL);
     }
+}
+
+/// Adds one query to the flow `key` if it exists.
+#[inline(always)]
+fn add_query(key: &FlowKey, now: u64) -> bool {
+    let Some(v) = DNS_QUERIES.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: a live element of a non-preallocated map; counters change only atomically, and
+    // "last seen" is a plain store where the latest writer wins.
+    unsafe {
+        let c = core::ptr::addr_of_mut!((*v).outcomes[Outcome::Established as usize]);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(c, 1);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*v).last_seen_ns), now);
+    }
+    true
 }
 
 /// The packet's source and destination addresses, laid out as in a [`FlowKey`] (the program
