@@ -236,6 +236,12 @@ fn names_are_lowercase_without_the_trailing_dot_and_escaped() {
         ok(&bytes(&response_for(dotted, vec![]))).names,
         vec![r"a\.b.evil.com"]
     );
+    // A dot that ends the last label stays escaped; only the root's dot is dropped.
+    let dot_at_end = Name::from_labels(vec![&b"x"[..], b"exampl."]).unwrap();
+    assert_eq!(
+        ok(&bytes(&response_for(dot_at_end, vec![]))).names,
+        vec![r"x.exampl\."]
+    );
 
     let root = bytes(&response(".", vec![]));
     assert_eq!(ok(&root).names, vec!["."]);
