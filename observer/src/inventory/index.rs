@@ -8,6 +8,7 @@
 //! event was never seen) is gone after the relist, and a half-finished relist never shows.
 
 use std::{
+    borrow::Borrow,
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fmt,
     net::IpAddr,
@@ -1080,11 +1081,11 @@ impl IndexHandle {
         self.shared.tx.subscribe()
     }
 
-    pub fn apply_pods(&self, events: impl IntoIterator<Item = Event<Pod>>) {
+    pub fn apply_pods<O: Borrow<Pod>>(&self, events: impl IntoIterator<Item = Event<O>>) {
         self.update(|b| {
             let mut changed = false;
             for ev in events {
-                if let Some(ev) = convert(ev, |p| b.pod_record(p)) {
+                if let Some(ev) = convert(ev, |p| b.pod_record(p.borrow())) {
                     changed |= b.pods.handle(ev);
                 }
             }
@@ -1095,11 +1096,11 @@ impl IndexHandle {
         });
     }
 
-    pub fn apply_services(&self, events: impl IntoIterator<Item = Event<Service>>) {
+    pub fn apply_services<O: Borrow<Service>>(&self, events: impl IntoIterator<Item = Event<O>>) {
         self.update(|b| {
             let mut changed = false;
             for ev in events {
-                if let Some(ev) = convert(ev, |s| b.service_record(s)) {
+                if let Some(ev) = convert(ev, |s| b.service_record(s.borrow())) {
                     changed |= b.services.handle(ev);
                 }
             }
@@ -1110,11 +1111,14 @@ impl IndexHandle {
         });
     }
 
-    pub fn apply_endpoint_slices(&self, events: impl IntoIterator<Item = Event<EndpointSlice>>) {
+    pub fn apply_endpoint_slices<O: Borrow<EndpointSlice>>(
+        &self,
+        events: impl IntoIterator<Item = Event<O>>,
+    ) {
         self.update(|b| {
             let mut changed = false;
             for ev in events {
-                if let Some(ev) = convert(ev, |s| b.slice_record(s)) {
+                if let Some(ev) = convert(ev, |s| b.slice_record(s.borrow())) {
                     changed |= b.slices.handle(ev);
                 }
             }
@@ -1127,11 +1131,11 @@ impl IndexHandle {
 
     /// Jobs are not watched (they only turn a Job's pods into their CronJob's), but an
     /// inventory file may list them.
-    pub fn apply_jobs(&self, events: impl IntoIterator<Item = Event<Job>>) {
+    pub fn apply_jobs<O: Borrow<Job>>(&self, events: impl IntoIterator<Item = Event<O>>) {
         self.update(|b| {
             let mut changed = false;
             for ev in events {
-                if let Some(ev) = convert(ev, |j| b.job_record(j)) {
+                if let Some(ev) = convert(ev, |j| b.job_record(j.borrow())) {
                     changed |= b.jobs.handle(ev);
                 }
             }

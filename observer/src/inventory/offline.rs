@@ -74,20 +74,22 @@ impl Objects {
         for (kind, n) in &report.skipped {
             tracing::warn!(kind = %kind, count = n, "inventory: skipped objects of a kind the agent does not use");
         }
-        index.apply_jobs(as_list(self.jobs));
-        index.apply_pods(as_list(self.pods));
-        index.apply_services(as_list(self.services));
-        index.apply_endpoint_slices(as_list(self.endpoint_slices));
+        // The index copies what it keeps from borrowed objects, and the objects are freed only
+        // when this returns: freed one by one between the index's allocations, their memory would be
+        // handed straight back to them (through this thread's malloc cache) and the index
+        // would end up spread over the pages of the parse's arena, which no trim can return.
+        index.apply_jobs(as_list(&self.jobs));
+        index.apply_pods(as_list(&self.pods));
+        index.apply_services(as_list(&self.services));
+        index.apply_endpoint_slices(as_list(&self.endpoint_slices));
         report
     }
 }
 
-fn as_list<K>(objs: Vec<K>) -> Vec<Event<K>> {
-    let mut v = Vec::with_capacity(objs.len() + 2);
-    v.push(Event::Init);
-    v.extend(objs.into_iter().map(Event::InitApply));
-    v.push(Event::InitDone);
-    v
+fn as_list<K>(objs: &[K]) -> impl Iterator<Item = Event<&K>> {
+    std::iter::once(Event::Init)
+        .chain(objs.iter().map(Event::InitApply))
+        .chain(std::iter::once(Event::InitDone))
 }
 
 /// Parses inventory text; `path` only names the file in errors.

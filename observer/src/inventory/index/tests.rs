@@ -540,7 +540,7 @@ fn a_relist_is_invisible_until_done_and_then_replaces_everything() {
     );
     assert_eq!(pod_name(&mid, "10.244.1.3"), None);
 
-    h.apply_pods([Event::InitDone]);
+    h.apply_pods([Event::<Pod>::InitDone]);
     let after = h.snapshot();
     assert_eq!(pod_name(&after, "10.244.1.1").as_deref(), Some("a"));
     assert_eq!(pod_name(&after, "10.244.1.2"), None);
@@ -584,8 +584,8 @@ fn each_kind_relists_on_its_own() {
         json!([{"port": 80}]),
         None,
     )]));
-    h.apply_pods([Event::Init]);
-    h.apply_services([Event::Init, Event::InitDone]);
+    h.apply_pods([Event::<Pod>::Init]);
+    h.apply_services([Event::<Service>::Init, Event::InitDone]);
     let idx = h.snapshot();
     assert_eq!(idx.service_by_cluster_ip(ip("10.96.0.20")), None);
     assert_eq!(idx.stats().services, 0);
@@ -605,7 +605,7 @@ fn malformed_objects_are_skipped_and_counted_never_fatal() {
     let nameless =
         as_pod(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": "x"}}));
     h.apply_pods(synced(vec![as_pod(bad), nameless]));
-    h.apply_services(synced(vec![serde_json::from_value(json!({"apiVersion": "v1", "kind": "Service",
+    h.apply_services(synced(vec![serde_json::from_value::<Service>(json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"namespace": "shop", "name": "headless"}, "spec": {"clusterIP": "None", "ports": [{"port": 5432}]}}))
         .expect("test service")]));
     let idx = h.snapshot();
