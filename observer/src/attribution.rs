@@ -12,7 +12,7 @@ use crate::{
     architecture::{Architecture, NODE},
     cgroups::{CgroupOwner, CgroupResolver},
     fasthash::FastHash,
-    inventory::{Attribution, Index, ServiceKey, TargetPort},
+    inventory::{Attribution, Index, Labels, ServiceKey, TargetPort},
     judge::Context,
     names::HostNames,
 };
@@ -23,7 +23,7 @@ struct PodEnd {
     namespace: String,
     pod: String,
     workload: observer_common::record::Workload,
-    labels: BTreeMap<String, String>,
+    labels: Labels,
 }
 
 /// The pod an attributor learned for a network namespace from one record (see
@@ -114,7 +114,7 @@ impl Attributor {
         names: &HostNames,
     ) -> Attributed {
         let mut out = Attributed::default();
-        let mut labels = [BTreeMap::new(), BTreeMap::new()];
+        let mut labels = [Labels::default(), Labels::default()];
         if let Some(index) = index {
             for (i, ep) in [&mut record.src, &mut record.dst].into_iter().enumerate() {
                 let Some(ip) = ep.ip else { continue };
@@ -183,7 +183,7 @@ impl Attributor {
                 scope: record.src.scope,
                 ..Default::default()
             };
-            labels[0].clear();
+            labels[0] = Labels::default();
         }
         if record.dst.scope == Some(Scope::External)
             && record.dst.host.is_none()

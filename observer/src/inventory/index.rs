@@ -37,13 +37,17 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The label the Deployment controller puts on pods and in its ReplicaSets' names.
 const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 
+/// A label set. Every pod of a ReplicaSet has the same one, so the index keeps one copy per
+/// distinct set (see [`Builder::labels`]), and attributions and records clone a pointer.
+pub type Labels = Arc<BTreeMap<String, String>>;
+
 /// A pod that owns (or, for host-network pods, shares) IP addresses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodInfo {
     pub namespace: String,
     pub name: String,
     pub uid: String,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     pub workload: Workload,
     pub node: Option<String>,
     pub host_network: bool,
@@ -155,7 +159,7 @@ pub struct ServiceWorkload {
     pub workload: Workload,
     /// The labels every backend pod has in common (the pod template's labels, without the
     /// per-pod ones such as `statefulset.kubernetes.io/pod-name`).
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
 }
 
 /// The addresses this agent's own node is known by (`--node-ip`).
@@ -188,7 +192,7 @@ pub struct Attribution {
     /// The Service's name (its namespace is `namespace`).
     pub service: Option<String>,
     pub service_port: Option<ServicePort>,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// [`KUBE_APISERVER`] or [`NODE`].
     pub reserved: Option<&'static str>,
     /// `None` when the index does not know the address: the caller tells external from local.
@@ -386,7 +390,9 @@ impl Index {
             if p.workload != first.workload || p.namespace != first.namespace {
                 return None;
             }
-            labels.retain(|k, v| p.labels.get(k) == Some(v));
+            if !Arc::ptr_eq(&labels, &p.labels) {
+                Arc::make_mut(&mut labels).retain(|k, v| p.labels.get(k) == Some(v));
+            }
         }
         Some(ServiceWorkload {
             namespace: first.namespace.clone(),
@@ -696,6 +702,24 @@ struct Builder {
     jobs: KindState<JobRecord>,
     next_claim: u64,
     skipped: u64,
+    /// One copy of each distinct label set in use; sets no record holds any more are dropped
+    /// after each batch.
+    labels: HashSet<Labels>,
+}
+
+impl Builder {
+    fn labels(&mut self, labels: Option<&BTreeMap<String, String>>) -> Labels {
+        static EMPTY: std::sync::LazyLock<Labels> = std::sync::LazyLock::new(Labels::default);
+        let Some(labels) = labels.filter(|l| !l.is_empty()) else {
+            return EMPTY.clone();
+        };
+        if let Some(shared) = self.labels.get(labels) {
+            return shared.clone();
+        }
+        let shared = Labels::new(labels.clone());
+        self.labels.insert(shared.clone());
+        shared
+    }
 }
 
 fn meta_key(meta: &ObjectMeta) -> Option<ObjKey> {
@@ -733,7 +757,7 @@ impl Builder {
             return None;
         };
         let meta = &pod.metadata;
-        let labels = meta.labels.clone().unwrap_or_default();
+        let labels = self.labels(meta.labels.as_ref());
         let owners = meta.owner_references.as_deref().unwrap_or(&[]);
         let workload = resolve_workload(&key.1, &labels, owners);
         let spec = pod.spec.as_ref();
@@ -1178,6 +1202,9 @@ impl IndexHandle {
             service_workloads: Default::default(),
         };
         self.shared.tx.send_replace(Arc::new(next));
+        drop(current);
+        // Label sets that neither a record nor the new snapshot holds any more.
+        b.labels.retain(|set| Arc::strong_count(set) > 1);
     }
 }
 

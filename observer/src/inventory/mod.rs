@@ -9,8 +9,8 @@ pub mod watch;
 use std::path::PathBuf;
 
 pub use index::{
-    Attribution, Index, IndexHandle, IndexStats, IpOwner, NodeAddresses, PodInfo, ServiceInfo,
-    ServiceKey, ServicePort, ServiceWorkload, TargetPort,
+    Attribution, Index, IndexHandle, IndexStats, IpOwner, Labels, NodeAddresses, PodInfo,
+    ServiceInfo, ServiceKey, ServicePort, ServiceWorkload, TargetPort,
 };
 pub use watch::{
     InventoryStatus, WatcherStatus, client_from_kubeconfig_or_incluster, run_watchers,

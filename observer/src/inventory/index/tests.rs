@@ -331,7 +331,7 @@ fn cluster_ip_and_backend_pod_ip_name_the_same_service_and_workload() {
     assert_eq!(via_vip.pod, None);
     assert_eq!(via_pod.pod.as_deref(), Some("web-7d9c5b8f4-b"));
     assert_eq!(
-        via_vip.labels,
+        *via_vip.labels,
         labels(&[
             ("app.kubernetes.io/name", "web"),
             ("pod-template-hash", "7d9c5b8f4")
@@ -642,4 +642,50 @@ fn subscribers_see_each_published_change() {
         Event::InitApply(as_pod(pod("shop", "b", "ub", &["10.244.1.2"], None))),
     ]);
     assert!(!rx.has_changed().expect("sender alive"));
+}
+
+#[test]
+fn pods_with_the_same_labels_share_one_copy_until_none_has_them() {
+    let h = handle();
+    h.apply_pods(synced(vec![
+        deployment_pod("shop", "web", "a", "u1", &["10.0.0.1"]),
+        deployment_pod("shop", "web", "b", "u2", &["10.0.0.2"]),
+        deployment_pod("shop", "api", "a", "u3", &["10.0.0.3"]),
+    ]));
+    let idx = h.snapshot();
+    let (a, b, c) = (
+        idx.pod_by_ip(ip("10.0.0.1")).expect("web a"),
+        idx.pod_by_ip(ip("10.0.0.2")).expect("web b"),
+        idx.pod_by_ip(ip("10.0.0.3")).expect("api a"),
+    );
+    assert!(Arc::ptr_eq(&a.labels, &b.labels));
+    assert!(!Arc::ptr_eq(&a.labels, &c.labels));
+    assert_eq!(
+        *a.labels,
+        labels(&[
+            ("app.kubernetes.io/name", "web"),
+            ("pod-template-hash", "7d9c5b8f4")
+        ])
+    );
+    assert_eq!(h.shared.builder.lock().unwrap().labels.len(), 2);
+    drop(idx);
+
+    // Once the web pods are gone (and no snapshot holds them), their set goes too.
+    h.apply_pods(synced(vec![deployment_pod(
+        "shop",
+        "api",
+        "a",
+        "u3",
+        &["10.0.0.3"],
+    )]));
+    let builder = h.shared.builder.lock().unwrap();
+    assert_eq!(builder.labels.len(), 1);
+    assert_eq!(
+        builder
+            .labels
+            .iter()
+            .next()
+            .map(|l| l["app.kubernetes.io/name"].as_str()),
+        Some("api")
+    );
 }
