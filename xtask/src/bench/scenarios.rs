@@ -350,6 +350,9 @@ pub fn memory(ctx: &Ctx) -> Result<Value> {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    // Steady state: the agent hands freed heap back after each full scan (every flush
+    // interval, 5 s), so wait for one after the storm's last flows are in.
+    std::thread::sleep(Duration::from_secs(6));
     let p = ProcSample::take(agent.pid);
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid))?;
     let hwm = status
