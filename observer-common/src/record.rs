@@ -221,9 +221,64 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// The RFC 3339 text, `YYYY-MM-DDTHH:MM:SS.mmmZ`, as `humantime::format_rfc3339_millis`
+    /// writes it; written straight into a buffer because the flow log writes two per record
+    /// (through `fmt`, a record's two timestamps cost more than the rest of a cached line).
+    pub fn rfc3339_millis(&self) -> [u8; 24] {
+        // Clamped to what four year digits can say (humantime panics outside it); the agent's
+        // times come from the boot clock and never get there.
+        let since = self
+            .0
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .min(Duration::from_millis(LAST_4_DIGIT_YEAR_SECS * 1000 - 1));
+        let secs = since.as_secs();
+        let (days, day_secs) = (secs / 86_400, secs % 86_400);
+        let (year, month, day) = civil_from_days(days);
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut value: u64| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        put(11, 2, day_secs / 3600);
+        put(14, 2, day_secs / 60 % 60);
+        put(17, 2, day_secs % 60);
+        put(20, 3, u64::from(since.subsec_millis()));
+        out
+    }
+}
+
+/// 10000-01-01T00:00:00Z: from there on the year takes five digits.
+const LAST_4_DIGIT_YEAR_SECS: u64 = 253_402_300_800;
+
+/// Year, month and day of the `days`th day after 1970-01-01 in the proleptic Gregorian
+/// calendar (Howard Hinnant's `civil_from_days`, for days on or after the epoch).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    // Shifted so that eras (400-year cycles) start on 0000-03-01.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_rfc3339_millis(self.0))
+        let text = self.rfc3339_millis();
+        // ASCII digits and separators only.
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -337,5 +392,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("count"), "{err}");
+    }
+
+    #[test]
+    fn timestamps_read_as_humantime_writes_them_and_clamp_outside_four_digit_years() {
+        let at = |ms: u64| Timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+        let text = |t: Timestamp| std::string::String::from_utf8(t.rfc3339_millis().to_vec());
+        // Every day from 1970 to 2500 (leap years, century rules, month ends), at a time of
+        // day and millisecond that change from day to day; then the last millisecond.
+        for day in 0..(530 * 366) {
+            let ms = day * 86_400_000 + (day * 7_919_123) % 86_400_000;
+            let t = at(ms);
+            assert_eq!(
+                text(t).unwrap(),
+                humantime::format_rfc3339_millis(t.0).to_string(),
+                "day {day}"
+            );
+        }
+        let last = at(LAST_4_DIGIT_YEAR_SECS * 1000 - 1);
+        assert_eq!(text(last).unwrap(), "9999-12-31T23:59:59.999Z");
+        assert_eq!(
+            last.to_string(),
+            humantime::format_rfc3339_millis(last.0).to_string()
+        );
+        assert_eq!(
+            text(at(LAST_4_DIGIT_YEAR_SECS * 1000 + 86_400_000)).unwrap(),
+            "9999-12-31T23:59:59.999Z"
+        );
+        let before = Timestamp(SystemTime::UNIX_EPOCH - Duration::from_secs(1));
+        assert_eq!(text(before).unwrap(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400_042).to_string(), "2000-02-29T00:00:00.042Z");
     }
 }

@@ -15,7 +15,7 @@
 //! a flow whose line written this way differs in any byte from serde's is not cached, so a
 //! field added to [`FlowRecord`] costs speed, never correctness.
 
-use std::{collections::HashSet, io::Write, sync::Arc};
+use std::{collections::HashSet, sync::Arc};
 
 use observer_common::{
     FlowKey,
@@ -258,9 +258,9 @@ impl Emitted {
         } else {
             b"},\"pre_existing\":false,\"first_seen\":\""
         });
-        write!(out, "{}", record.first_seen)?;
+        out.extend_from_slice(&record.first_seen.rfc3339_millis());
         out.extend_from_slice(b"\",\"last_seen\":\"");
-        write!(out, "{}", record.last_seen)?;
+        out.extend_from_slice(&record.last_seen.rfc3339_millis());
         out.extend_from_slice(b"\",\"netns\":");
         out.extend_from_slice(n.format(record.netns).as_bytes());
         out.extend_from_slice(b",\"process\":");
