@@ -38,7 +38,7 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 
 /// A label set. Every pod of a ReplicaSet has the same one, so the index keeps one copy per
-/// distinct set (see [`Builder::labels`]), and attributions and records clone a pointer.
+/// distinct set, and attributions and records clone a pointer.
 pub type Labels = Arc<BTreeMap<String, String>>;
 
 /// A pod that owns (or, for host-network pods, shares) IP addresses.

@@ -14,7 +14,7 @@ use k8s_openapi::api::{
 };
 use kube::runtime::watcher::Event;
 use serde::{Deserialize, de::DeserializeOwned};
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 
 use super::{Error, IndexHandle, Result};
 
@@ -94,9 +94,13 @@ fn as_list<K>(objs: &[K]) -> impl Iterator<Item = Event<&K>> {
 
 /// Parses inventory text; `path` only names the file in errors.
 pub fn parse(path: &Path, text: &str) -> Result<Objects> {
-    let docs = documents(path, text)?;
-    let multi = docs.len() > 1;
     let mut out = Objects::default();
+    if text.trim_start().starts_with('{') {
+        parse_json(path, text, &mut out)?;
+        return Ok(out);
+    }
+    let docs = yaml_documents(path, text)?;
+    let multi = docs.len() > 1;
     for (d, mut doc) in docs.into_iter().enumerate() {
         let doc_loc = if multi {
             format!("document {} ", d + 1)
@@ -108,60 +112,111 @@ pub fn parse(path: &Path, text: &str) -> Result<Objects> {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        let is_list = kind == "List" || (kind.ends_with("List") && doc.get("items").is_some());
-        if !is_list {
-            add_item(
-                path,
-                &mut out,
-                format!("{doc_loc}object").trim().to_owned(),
-                doc,
-            )?;
+        if !is_list(&kind, doc.get("items").is_some()) {
+            add_item(path, &mut out, format!("{doc_loc}object"), doc)?;
             continue;
         }
-        // Taken, not cloned: the items are most of the document, and it is dropped item by item
-        // as they are decoded.
+        // Taken, not cloned: the items are most of the document.
         let items = match doc.get_mut("items").map(Value::take) {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(items)) => items,
-            Some(other) => {
-                return Err(Error::Shape {
-                    path: path.to_owned(),
-                    message: format!(
-                        "{doc_loc}kind {kind}: `items` is {}, expected a list",
-                        type_name(&other)
-                    ),
-                });
-            }
+            Some(other) => return Err(not_a_list(path, &doc_loc, &kind, &other)),
         };
-        // A typed list (PodList) may leave out each item's kind and apiVersion.
-        let implied = kind
-            .strip_suffix("List")
-            .filter(|k| !k.is_empty())
-            .map(|k| (k.to_owned(), doc.get("apiVersion").cloned()));
-        for (i, mut item) in items.into_iter().enumerate() {
-            if let (Some((k, api)), Some(obj)) = (&implied, item.as_object_mut()) {
-                obj.entry("kind")
-                    .or_insert_with(|| Value::String(k.clone()));
-                if let Some(api) = api {
-                    obj.entry("apiVersion").or_insert_with(|| api.clone());
-                }
-            }
-            add_item(path, &mut out, format!("{doc_loc}item {i}"), item)?;
-        }
+        let api = doc.get("apiVersion").cloned();
+        add_list_items(
+            path,
+            &mut out,
+            &doc_loc,
+            &kind,
+            api,
+            items.into_iter().map(Ok),
+        )?;
     }
     Ok(out)
 }
 
-/// The file's documents: one for JSON, one or more for YAML; empty documents are dropped.
-fn documents(path: &Path, text: &str) -> Result<Vec<Value>> {
-    if text.trim_start().starts_with('{') {
-        let v: Value = serde_json::from_str(text).map_err(|e| Error::Syntax {
-            path: path.to_owned(),
-            format: "JSON",
-            message: e.to_string(),
-        })?;
-        return Ok(vec![v]);
+/// A JSON file, one document. `kubectl get -o json` of a large cluster is tens of megabytes, and
+/// a JSON tree of it takes ten times that; so the top level is read with its values left as
+/// text, and the items are decoded one at a time from that text.
+fn parse_json(path: &Path, text: &str, out: &mut Objects) -> Result<()> {
+    let syntax = |e: serde_json::Error| Error::Syntax {
+        path: path.to_owned(),
+        format: "JSON",
+        message: e.to_string(),
+    };
+    let top: BTreeMap<String, &RawValue> = serde_json::from_str(text).map_err(syntax)?;
+    let field = |name: &str| -> Result<Option<Value>> {
+        top.get(name)
+            .map(|raw| serde_json::from_str(raw.get()).map_err(syntax))
+            .transpose()
+    };
+    let kind = field("kind")?
+        .as_ref()
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let Some(items) = top.get("items").filter(|_| is_list(&kind, true)) else {
+        let doc = serde_json::from_str(text).map_err(syntax)?;
+        return add_item(path, out, "object".into(), doc);
+    };
+    let items: Vec<&RawValue> = match items.get() {
+        "null" => Vec::new(),
+        raw => serde_json::from_str(raw).map_err(|_| match serde_json::from_str(raw) {
+            Ok(other) => not_a_list(path, "", &kind, &other),
+            Err(e) => syntax(e),
+        })?,
+    };
+    let items = items
+        .into_iter()
+        .map(|raw| serde_json::from_str(raw.get()).map_err(syntax));
+    add_list_items(path, out, "", &kind, field("apiVersion")?, items)
+}
+
+/// Whether a document of `kind` is a list of objects rather than one object.
+fn is_list(kind: &str, has_items: bool) -> bool {
+    kind == "List" || (kind.ends_with("List") && has_items)
+}
+
+fn not_a_list(path: &Path, doc_loc: &str, kind: &str, items: &Value) -> Error {
+    Error::Shape {
+        path: path.to_owned(),
+        message: format!(
+            "{doc_loc}kind {kind}: `items` is {}, expected a list",
+            type_name(items)
+        ),
     }
+}
+
+/// Adds a list's items, each dropped as soon as it is decoded.
+fn add_list_items(
+    path: &Path,
+    out: &mut Objects,
+    doc_loc: &str,
+    kind: &str,
+    api: Option<Value>,
+    items: impl Iterator<Item = Result<Value>>,
+) -> Result<()> {
+    // A typed list (PodList) may leave out each item's kind and apiVersion.
+    let implied = kind
+        .strip_suffix("List")
+        .filter(|k| !k.is_empty())
+        .map(|k| (k.to_owned(), api));
+    for (i, item) in items.enumerate() {
+        let mut item = item?;
+        if let (Some((k, api)), Some(obj)) = (&implied, item.as_object_mut()) {
+            obj.entry("kind")
+                .or_insert_with(|| Value::String(k.clone()));
+            if let Some(api) = api {
+                obj.entry("apiVersion").or_insert_with(|| api.clone());
+            }
+        }
+        add_item(path, out, format!("{doc_loc}item {i}"), item)?;
+    }
+    Ok(())
+}
+
+/// A YAML file's documents; empty documents are dropped.
+fn yaml_documents(path: &Path, text: &str) -> Result<Vec<Value>> {
     let mut docs = Vec::new();
     for (d, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let v = Value::deserialize(de).map_err(|e| Error::Syntax {
@@ -398,6 +453,17 @@ metadata:
             {"metadata": {"name": "a", "namespace": "x"}, "status": {"podIP": "10.244.0.9"}}]}"#;
         let o = parse(p(), text).expect("parses");
         assert_eq!(o.pods.len(), 1);
+        // kubectl writes `kind` after `items`; an empty or null list is no objects.
+        let late = r#"{"items": [{"metadata": {"name": "s", "namespace": "x"}}], "apiVersion": "v1", "kind": "ServiceList"}"#;
+        let o = parse(p(), late).expect("parses");
+        assert_eq!((o.pods.len(), o.services.len()), (0, 1));
+        for empty in [
+            r#"{"kind": "List", "items": []}"#,
+            r#"{"kind": "List", "items": null}"#,
+        ] {
+            let o = parse(p(), empty).expect("parses");
+            assert_eq!(o.pods.len() + o.services.len() + o.skipped.len(), 0);
+        }
     }
 
     fn err_text(text: &str) -> String {
@@ -431,6 +497,27 @@ metadata:
                 .starts_with("inventory file inv.yaml is not valid YAML: document 1:")
         );
         assert!(err_text("{\"kind\": ").starts_with("inventory file inv.yaml is not valid JSON:"));
+        // JSON lists are read item by item from the text: the same messages.
+        assert_eq!(
+            err_text(r#"{"items": 3, "kind": "List"}"#),
+            "inventory file inv.yaml: kind List: `items` is a number, expected a list"
+        );
+        assert_eq!(
+            err_text(
+                r#"{"items": [{"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "a"}}, {"metadata": {"name": "b"}}], "kind": "List"}"#
+            ),
+            "inventory file inv.yaml: item 1 (? b): has no `kind`"
+        );
+        assert_eq!(
+            err_text(
+                r#"{"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "a"}, "spec": 3}"#
+            ),
+            "inventory file inv.yaml: object (Pod a): spec: invalid type: integer `3`, expected PodSpec"
+        );
+        assert!(
+            err_text(r#"{"kind": "List", "items": [{"kind": "Pod",]}"#)
+                .starts_with("inventory file inv.yaml is not valid JSON:")
+        );
         assert_eq!(
             err_text("\n---\n"),
             "inventory file inv.yaml: no Kubernetes objects in the file"
