@@ -155,13 +155,13 @@ fn parse_json(path: &Path, text: &str, out: &mut Objects) -> Result<()> {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    let Some(items) = top.get("items").filter(|_| is_list(&kind, true)) else {
+    if !is_list(&kind, top.contains_key("items")) {
         let doc = serde_json::from_str(text).map_err(syntax)?;
         return add_item(path, out, "object".into(), doc);
-    };
-    let items: Vec<&RawValue> = match items.get() {
-        "null" => Vec::new(),
-        raw => serde_json::from_str(raw).map_err(|_| match serde_json::from_str(raw) {
+    }
+    let items: Vec<&RawValue> = match top.get("items").map(|raw| raw.get()) {
+        None | Some("null") => Vec::new(),
+        Some(raw) => serde_json::from_str(raw).map_err(|_| match serde_json::from_str(raw) {
             Ok(other) => not_a_list(path, "", &kind, &other),
             Err(e) => syntax(e),
         })?,
@@ -460,6 +460,7 @@ metadata:
         for empty in [
             r#"{"kind": "List", "items": []}"#,
             r#"{"kind": "List", "items": null}"#,
+            r#"{"kind": "List"}"#,
         ] {
             let o = parse(p(), empty).expect("parses");
             assert_eq!(o.pods.len() + o.services.len() + o.skipped.len(), 0);
