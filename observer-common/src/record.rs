@@ -226,8 +226,8 @@ impl Timestamp {
     /// writes it; written straight into a buffer because the flow log writes two per record
     /// (through `fmt`, a record's two timestamps cost more than the rest of a cached line).
     pub fn rfc3339_millis(&self) -> [u8; 24] {
-        // Clamped to what four year digits can say (humantime panics outside it); the agent's
-        // times come from the boot clock and never get there.
+        // Clamped to 1970..=9999 (humantime panics before 1970 and fails after 9999); the
+        // agent's times come from the boot clock and never get there.
         let since = self
             .0
             .duration_since(SystemTime::UNIX_EPOCH)
