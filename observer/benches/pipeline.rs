@@ -227,7 +227,7 @@ fn main() {
             names: names.generation(),
         };
         if let Some(cached) = cache.get(&key, epoch) {
-            if let Some(learned) = &cached.netns_pod {
+            if let Some(learned) = &mut cached.netns_pod {
                 attributor.relearn(learned);
             }
             match &mut cached.fate {

@@ -32,6 +32,9 @@ struct PodEnd {
 pub struct NetnsPod {
     netns: u32,
     pod: Arc<PodEnd>,
+    /// [`Attributor::netns_changes`] when this was last learned: while that has not moved, the
+    /// attributor still holds exactly this entry and learning it again changes nothing.
+    learned_at: u64,
 }
 
 /// The result of attributing one record.
@@ -48,6 +51,8 @@ pub struct Attributor {
     /// Network namespace inode -> the pod living in it, learned from the pod addresses seen on
     /// sockets of that namespace; names the pod behind loopback connections.
     netns_pods: HashMap<u32, Arc<PodEnd>, FastHash>,
+    /// How many times an entry of `netns_pods` was set (entries are never removed).
+    netns_changes: u64,
     pub host_netns: Option<u32>,
     /// Whether processes' cgroups on this machine can be consulted (not when re-judging a log
     /// recorded elsewhere).
@@ -59,6 +64,7 @@ impl Attributor {
         Attributor {
             cgroups: CgroupResolver::new(),
             netns_pods: HashMap::default(),
+            netns_changes: 0,
             host_netns,
             live: true,
         }
@@ -70,6 +76,7 @@ impl Attributor {
         Attributor {
             cgroups: CgroupResolver::at(None),
             netns_pods: HashMap::default(),
+            netns_changes: 0,
             host_netns: None,
             live: false,
         }
@@ -90,17 +97,25 @@ impl Attributor {
         (learned.namespace == *ns && learned.pod == *pod).then(|| NetnsPod {
             netns: record.netns,
             pod: learned.clone(),
+            learned_at: self.netns_changes,
         })
     }
 
     /// Learns again what a record of a flow taught (see [`learned`](Self::learned)).
-    pub fn relearn(&mut self, learned: &NetnsPod) {
+    pub fn relearn(&mut self, learned: &mut NetnsPod) {
+        // With many flows the map lookup is a cache miss per record; mostly nothing changed.
+        if learned.learned_at == self.netns_changes {
+            return;
+        }
+        learned.learned_at = self.netns_changes;
         let same = self
             .netns_pods
             .get(&learned.netns)
             .is_some_and(|p| Arc::ptr_eq(p, &learned.pod) || **p == *learned.pod);
         if !same {
             self.netns_pods.insert(learned.netns, learned.pod.clone());
+            self.netns_changes += 1;
+            learned.learned_at = self.netns_changes;
         }
     }
 
@@ -158,6 +173,7 @@ impl Attributor {
                 .is_none_or(|p| **p != end)
             {
                 self.netns_pods.insert(record.netns, Arc::new(end));
+                self.netns_changes += 1;
             }
         }
         if record.dst.scope == Some(Scope::Local)
@@ -330,5 +346,55 @@ items:
         assert_eq!(target(80), Some(8080), "named");
         assert_eq!(target(81), Some(8080), "numbered");
         assert_eq!(target(82), None, "no pod declares it");
+    }
+
+    #[test]
+    fn relearning_a_flow_restores_its_pod_after_another_flow_changed_it() {
+        let two_pods = format!(
+            "{OBJECTS}{}",
+            r#"- apiVersion: v1
+  kind: Pod
+  metadata: {namespace: shop, name: web-2, uid: u2, labels: {app.kubernetes.io/name: web}}
+  spec: {containers: [{name: app}]}
+  status: {phase: Running, podIP: 10.244.1.6, podIPs: [{ip: 10.244.1.6}]}
+"#
+        );
+        let handle = IndexHandle::new(NodeAddresses::default());
+        offline::parse(Path::new("t.yaml"), &two_pods)
+            .unwrap()
+            .feed(&handle);
+        let index = handle.snapshot();
+        let names = HostNames::default();
+        let mut a = Attributor::offline();
+        let from = |a: &mut Attributor, ip: &str| {
+            let mut r = to("10.96.0.20", 80);
+            r.netns = 7;
+            r.src.ip = Some(ip.parse().unwrap());
+            a.attribute(&mut r, Some(&index), None, &names);
+            r
+        };
+        // Which pod a loopback connection in network namespace 7 is attributed to.
+        let loopback = |a: &mut Attributor| {
+            let mut r = to("127.0.0.1", 9000);
+            r.netns = 7;
+            r.src.ip = Some("127.0.0.1".parse().unwrap());
+            r.src.scope = Some(Scope::Local);
+            r.dst.scope = Some(Scope::Local);
+            a.attribute(&mut r, Some(&index), None, &names);
+            r.src.pod
+        };
+        let first = from(&mut a, "10.244.1.5");
+        let mut web1 = a.learned(&first).expect("web-1 learned");
+        from(&mut a, "10.244.1.6");
+        assert_eq!(loopback(&mut a).as_deref(), Some("web-2"));
+        a.relearn(&mut web1);
+        assert_eq!(loopback(&mut a).as_deref(), Some("web-1"));
+        // Nothing changed since: relearning is skipped and the entry stays.
+        a.relearn(&mut web1);
+        assert_eq!(loopback(&mut a).as_deref(), Some("web-1"));
+        // Changed again after the skip: relearning must not be skipped this time.
+        from(&mut a, "10.244.1.6");
+        a.relearn(&mut web1);
+        assert_eq!(loopback(&mut a).as_deref(), Some("web-1"));
     }
 }

@@ -236,6 +236,13 @@ impl<'a> Cut<'a> {
 }
 
 impl Emitted {
+    /// Starts loading the parts a line is written from (see [`crate::prefetch`]).
+    pub fn prefetch(&self) {
+        for part in [&self.src, &self.dst] {
+            crate::prefetch::read(part.as_bytes(), 4);
+        }
+    }
+
     /// The JSON line of `record` (without the newline): its own counts, timestamps, network
     /// namespace and process, the cached rest.
     pub fn write_line(&self, out: &mut Vec<u8>, record: &FlowRecord) -> std::io::Result<()> {

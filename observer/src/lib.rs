@@ -16,6 +16,7 @@ pub mod judge;
 pub mod memory;
 pub mod metrics;
 pub mod names;
+pub mod prefetch;
 pub mod report;
 pub mod run;
 pub mod scope;

@@ -446,7 +446,7 @@ impl Agent {
         // point is cached under the older epoch, which the next record no longer matches.
         let epoch = self.epoch();
         if let Some(cached) = self.cache.get(&key, epoch) {
-            if let Some(learned) = &cached.netns_pod {
+            if let Some(learned) = &mut cached.netns_pod {
                 self.attributor.relearn(learned);
             }
             match &mut cached.fate {
@@ -736,6 +736,7 @@ pub fn emit_cached(
     log: &mut FlowLog,
     line: &mut Vec<u8>,
 ) {
+    emitted.prefetch();
     metrics.observe_series_at(
         &emitted.labels,
         record.count,
