@@ -61,8 +61,13 @@ impl FlowKey {
 
 /// The printable part of a kernel `comm` (NUL-terminated, at most 16 bytes).
 pub fn comm_str(comm: &[u8; 16]) -> std::string::String {
+    comm_text(comm).into_owned()
+}
+
+/// [`comm_str`], borrowed from `comm` when it is valid UTF-8 (without allocating).
+pub fn comm_text(comm: &[u8; 16]) -> std::borrow::Cow<'_, str> {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    std::string::String::from_utf8_lossy(&comm[..end]).into_owned()
+    std::string::String::from_utf8_lossy(&comm[..end])
 }
 
 impl FlowCounters {

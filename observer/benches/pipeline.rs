@@ -30,14 +30,14 @@ use observer::{
     architecture::{Architecture, ModelHandle},
     attribution::Attributor,
     capture::tracker::Tracker,
-    flowcache::{Epoch, Fate, FlowCache},
+    flowcache::{Epoch, Fate, FlowCache, Slot},
     flowlog::FlowLog,
     http::Health,
     inventory::{IndexHandle, NodeAddresses, offline},
     judge,
     metrics::{FlowSeries, connection_labels},
     names::HostNames,
-    run::{emit_cached, flow_record},
+    run::{emit_cached, flow_record, fresh},
     scope::Scoper,
     traces::{TraceOptions, Traces},
 };
@@ -192,7 +192,7 @@ fn main() {
     );
     let mut log = FlowLog::open(Path::new("/dev/null"), 0).expect("/dev/null");
     let mut attributor = Attributor::new(scoper.host_netns);
-    let mut tracker = Tracker::default();
+    let mut tracker = Tracker::<Slot>::default();
     let mut cache = FlowCache::default();
     let mut counters = vec![FlowCounters::default(); keys.len()];
     let wall0 = SystemTime::now();
@@ -208,10 +208,29 @@ fn main() {
         let c = &mut counters[i];
         c.outcomes[Outcome::Established as usize] += 1;
         c.last_seen_ns = e as u64;
+        // Agent::tick reads the epoch once per batch of readings; here, once per reading.
+        let epoch = Epoch {
+            index: Some(index.generation()),
+            model: Some(model.generation()),
+            names: names.generation(),
+        };
         // From here on, what Agent::observe does with a reading.
-        let Some(delta) = tracker.observe(key, *c) else {
+        let Some((delta, slot)) = tracker.observe(key, *c) else {
             continue;
         };
+        if let Some(cached) = slot.get(epoch) {
+            if let Some(learned) = &mut cached.netns_pod {
+                attributor.relearn(learned);
+            }
+            let fresh = fresh(&key, &delta.outcomes, &delta.counters, false, wall);
+            match &mut cached.fate {
+                Fate::LeftToSourceNode { .. } => left += 1,
+                Fate::Emit(emitted) => {
+                    emit_cached(emitted, &fresh, metrics, &mut traces, &mut log, &mut line)
+                }
+            }
+            continue;
+        }
         let mut record = flow_record(
             &key,
             &delta.outcomes,
@@ -221,23 +240,6 @@ fn main() {
             &scoper,
             wall,
         );
-        let epoch = Epoch {
-            index: Some(index.generation()),
-            model: Some(model.generation()),
-            names: names.generation(),
-        };
-        if let Some(cached) = cache.get(&key, epoch) {
-            if let Some(learned) = &mut cached.netns_pod {
-                attributor.relearn(learned);
-            }
-            match &mut cached.fate {
-                Fate::LeftToSourceNode { .. } => left += 1,
-                Fate::Emit(emitted) => {
-                    emit_cached(emitted, &record, metrics, &mut traces, &mut log, &mut line)
-                }
-            }
-            continue;
-        }
         // Agent::finish_flow (the bench's index knows every address, so nothing is held).
         slow += 1;
         let snapshot = index.snapshot();
@@ -258,7 +260,9 @@ fn main() {
         line.clear();
         serde_json::to_writer(&mut line, &record).expect("serialise");
         log.write_line(&line).expect("/dev/null");
-        cache.emitted(key, epoch, &record, &line, labels, series, learned);
+        if let Some(slot) = tracker.state(&key) {
+            cache.emitted(slot, epoch, &record, &line, labels, series, learned);
+        }
     }
     let (wall_s, cpu_s) = (
         t0.elapsed().as_secs_f64(),

@@ -3,8 +3,9 @@
 //!
 //! A flow's attribution and verdict depend only on its key (addresses, port, direction,
 //! network namespace), the Kubernetes index, the architecture and the host names, so they are
-//! cached under the generations of those three ([`Epoch`]): any change of one of them empties
-//! the cache and every flow goes through the full path once more. Loopback flows (destination
+//! cached under the generations of those three ([`Epoch`]): after any change of one of them,
+//! every flow goes through the full path once more. A flow's cached outcome lives in its
+//! [`Slot`], which the tracker keeps with the flow (one hash lookup per reading for both). Loopback flows (destination
 //! scope `local`) are never cached: their attribution also reads state the attributor learns
 //! from other flows and the cgroup of the connecting task. Records that wait for the index
 //! (attribution incomplete) are not cached either.
@@ -15,12 +16,9 @@
 //! a flow whose line written this way differs in any byte from serde's is not cached, so a
 //! field added to [`FlowRecord`] costs speed, never correctness.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{borrow::Cow, collections::HashSet, sync::Arc};
 
-use observer_common::{
-    FlowKey,
-    record::{FlowRecord, Scope, Verdict},
-};
+use observer_common::record::{FlowRecord, Outcomes, Process, Scope, Timestamp, Verdict};
 
 use crate::{
     attribution::NetnsPod,
@@ -41,9 +39,13 @@ pub struct Epoch {
 
 /// What the agent does with each record of a cached flow.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "kept in a Box (Slot), so both variants take one allocation"
+)]
 pub enum Fate {
     /// Written to the log and counted in metrics.
-    Emit(Box<Emitted>),
+    Emit(Emitted),
     /// An accepted connection left to its source's node (`--ingress external`); `counted`: it
     /// counts in `observer_ingress_left_to_source_node_total`.
     LeftToSourceNode { counted: bool },
@@ -68,16 +70,37 @@ pub struct Emitted {
 /// One cached flow.
 #[derive(Debug)]
 pub struct Cached {
+    /// What the flow was attributed and judged under.
+    epoch: Epoch,
     pub fate: Fate,
     /// The pod the flow's local end named, which the attributor learns for the flow's network
     /// namespace on every record ([`crate::attribution::Attributor::relearn`]).
     pub netns_pod: Option<NetnsPod>,
 }
 
+/// A flow's place in the cache: empty, or its outcome under some epoch. Boxed, so that the
+/// tracker's table of all flows stays small (and its lookups touch less memory).
+#[derive(Debug, Default)]
+pub struct Slot(Option<Box<Cached>>);
+
+impl Slot {
+    /// The cached outcome, when it was cached under `epoch` (an outcome of an older epoch is
+    /// never used again, and is replaced when the flow's next record has gone the full path).
+    pub fn get(&mut self, epoch: Epoch) -> Option<&mut Cached> {
+        self.0.as_deref_mut().filter(|c| c.epoch == epoch)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+/// What cached flows share: interned line parts and label sets.
 #[derive(Default)]
 pub struct FlowCache {
+    /// The epoch the interned parts were made under: they are dropped when it changes (flows
+    /// cached under an older epoch keep theirs until replaced).
     epoch: Epoch,
-    flows: std::collections::HashMap<FlowKey, Cached, FastHash>,
     /// Interned JSON parts and label sets: thousands of flows share each end and verdict.
     parts: HashSet<Arc<str>, FastHash>,
     labels: HashSet<Arc<ConnectionLabels>, FastHash>,
@@ -86,59 +109,27 @@ pub struct FlowCache {
 }
 
 impl FlowCache {
-    /// The cached flow, when it was cached under `epoch`; a different epoch empties the cache.
-    pub fn get(&mut self, key: &FlowKey, epoch: Epoch) -> Option<&mut Cached> {
-        if epoch != self.epoch {
-            self.clear(epoch);
-            return None;
-        }
-        self.flows.get_mut(key)
-    }
-
-    fn clear(&mut self, epoch: Epoch) {
-        self.epoch = epoch;
-        self.flows.clear();
-        self.parts.clear();
-        self.labels.clear();
-    }
-
-    pub fn len(&self) -> usize {
-        self.flows.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.flows.is_empty()
-    }
-
-    /// Forgets a flow (its kernel entry was deleted).
-    pub fn forget(&mut self, key: &FlowKey) {
-        self.flows.remove(key);
-    }
-
-    /// Caches a flow left to its source's node.
+    /// Caches in `slot` a flow left to its source's node.
     pub fn left_to_source_node(
         &mut self,
-        key: FlowKey,
+        slot: &mut Slot,
         epoch: Epoch,
         record: &FlowRecord,
         netns_pod: Option<NetnsPod>,
     ) {
-        if !self.cacheable(epoch, record) {
-            return;
-        }
-        self.flows.insert(
-            key,
-            Cached {
+        slot.0 = self.cacheable(epoch, record).then(|| {
+            Box::new(Cached {
+                epoch,
                 fate: Fate::LeftToSourceNode {
                     counted: record.src.scope != Some(Scope::Local),
                 },
                 netns_pod,
-            },
-        );
+            })
+        });
     }
 
-    /// Caches a written flow from its first record, attributed and judged under `epoch`, its
-    /// JSON `line` (as serde wrote it) and the series it counted in (under `labels`,
+    /// Caches in `slot` a written flow from its first record, attributed and judged under
+    /// `epoch`, its JSON `line` (as serde wrote it) and the series it counted in (under `labels`,
     /// [`crate::metrics::connection_labels`] of the record).
     #[expect(
         clippy::too_many_arguments,
@@ -146,7 +137,7 @@ impl FlowCache {
     )]
     pub fn emitted(
         &mut self,
-        key: FlowKey,
+        slot: &mut Slot,
         epoch: Epoch,
         record: &FlowRecord,
         line: &[u8],
@@ -154,6 +145,8 @@ impl FlowCache {
         series: FlowSeries,
         netns_pod: Option<NetnsPod>,
     ) {
+        // Whatever happens below, an older outcome is not kept.
+        slot.0 = None;
         if !self.cacheable(epoch, record) {
             return;
         }
@@ -189,24 +182,79 @@ impl FlowCache {
             series,
         };
         let mut check = Vec::with_capacity(line.len());
-        if emitted.write_line(&mut check, record).is_err() || check != line {
+        if emitted.write_line(&mut check, &Fresh::of(record)).is_err() || check != line {
             self.uncuttable += 1;
             return;
         }
-        self.flows.insert(
-            key,
-            Cached {
-                fate: Fate::Emit(Box::new(emitted)),
-                netns_pod,
-            },
-        );
+        slot.0 = Some(Box::new(Cached {
+            epoch,
+            fate: Fate::Emit(emitted),
+            netns_pod,
+        }));
     }
 
     fn cacheable(&mut self, epoch: Epoch, record: &FlowRecord) -> bool {
         if epoch != self.epoch {
-            self.clear(epoch);
+            self.epoch = epoch;
+            self.parts.clear();
+            self.labels.clear();
         }
         record.dst.scope != Some(Scope::Local)
+    }
+}
+
+/// What each record of a flow says anew, written into its line around the cached parts.
+#[derive(Clone, Debug)]
+pub struct Fresh<'a> {
+    pub outcomes: Outcomes,
+    pub pre_existing: bool,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+    pub netns: u32,
+    pub process: Option<ProcessRef<'a>>,
+}
+
+/// A record's [`Process`], its command name borrowed where it can be.
+#[derive(Clone, Debug)]
+pub struct ProcessRef<'a> {
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: Cow<'a, str>,
+    pub cgroup_id: u64,
+}
+
+impl ProcessRef<'_> {
+    pub fn to_process(&self) -> Process {
+        Process {
+            pid: self.pid,
+            tgid: self.tgid,
+            comm: self.comm.clone().into_owned(),
+            cgroup_id: self.cgroup_id,
+        }
+    }
+}
+
+impl<'a> Fresh<'a> {
+    /// What `record` says anew.
+    pub fn of(record: &'a FlowRecord) -> Fresh<'a> {
+        Fresh {
+            outcomes: record.outcomes,
+            pre_existing: record.pre_existing,
+            first_seen: record.first_seen,
+            last_seen: record.last_seen,
+            netns: record.netns,
+            process: record.process.as_ref().map(|p| ProcessRef {
+                pid: p.pid,
+                tgid: p.tgid,
+                comm: Cow::Borrowed(&p.comm),
+                cgroup_id: p.cgroup_id,
+            }),
+        }
+    }
+
+    /// Its connections: a record's `count`.
+    pub fn count(&self) -> u64 {
+        self.outcomes.total()
     }
 }
 
@@ -243,13 +291,13 @@ impl Emitted {
         }
     }
 
-    /// The JSON line of `record` (without the newline): its own counts, timestamps, network
-    /// namespace and process, the cached rest.
-    pub fn write_line(&self, out: &mut Vec<u8>, record: &FlowRecord) -> std::io::Result<()> {
+    /// The JSON line of a record (without the newline): what it says anew (`record`), then the
+    /// cached rest.
+    pub fn write_line(&self, out: &mut Vec<u8>, record: &Fresh) -> std::io::Result<()> {
         let o = &record.outcomes;
         let mut n = itoa::Buffer::new();
         out.extend_from_slice(self.head.as_bytes());
-        out.extend_from_slice(n.format(record.count).as_bytes());
+        out.extend_from_slice(n.format(record.count()).as_bytes());
         out.extend_from_slice(b",\"outcomes\":{\"established\":");
         out.extend_from_slice(n.format(o.established).as_bytes());
         out.extend_from_slice(b",\"refused\":");
@@ -302,18 +350,6 @@ mod tests {
 
     use super::*;
     use crate::metrics::connection_labels;
-
-    fn key(port: u16) -> FlowKey {
-        FlowKey {
-            cgroup_id: 7,
-            netns: 4026532000,
-            server_port: port,
-            family: 4,
-            direction: 1,
-            local_addr: [10, 244, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            remote_addr: [10, 96, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-        }
-    }
 
     fn judged(node: &str, comm: &str) -> FlowRecord {
         FlowRecord {
@@ -368,11 +404,13 @@ mod tests {
         }
     }
 
-    fn cache(record: &FlowRecord, epoch: Epoch) -> FlowCache {
+    /// The slot of a flow whose first record is `record`, and the cache holding its parts.
+    fn cache(record: &FlowRecord, epoch: Epoch) -> (Slot, FlowCache) {
         let mut c = FlowCache::default();
+        let mut slot = Slot::default();
         let line = serde_json::to_vec(record).unwrap();
         c.emitted(
-            key(5432),
+            &mut slot,
             epoch,
             record,
             &line,
@@ -380,7 +418,7 @@ mod tests {
             FlowSeries::default(),
             None,
         );
-        c
+        (slot, c)
     }
 
     #[test]
@@ -388,11 +426,11 @@ mod tests {
         let epoch = Epoch::default();
         for (node, comm) in [("n", "curl"), ("nöde\\", "a\"b\n\u{1}"), ("", "")] {
             let first = judged(node, comm);
-            let mut c = cache(&first, epoch);
+            let (mut slot, _parts) = cache(&first, epoch);
             let Some(Cached {
                 fate: Fate::Emit(e),
                 ..
-            }) = c.get(&key(5432), epoch)
+            }) = slot.get(epoch)
             else {
                 panic!("{node:?} {comm:?} not cached");
             };
@@ -420,7 +458,7 @@ mod tests {
             ] {
                 next.process = process;
                 let mut line = Vec::new();
-                e.write_line(&mut line, &next).unwrap();
+                e.write_line(&mut line, &Fresh::of(&next)).unwrap();
                 assert_eq!(
                     String::from_utf8(line).unwrap(),
                     serde_json::to_string(&next).unwrap()
@@ -430,25 +468,38 @@ mod tests {
     }
 
     #[test]
-    fn another_epoch_empties_the_cache_and_loopback_is_never_cached() {
+    fn an_outcome_serves_only_its_epoch_and_loopback_is_never_cached() {
         let epoch = Epoch {
             index: Some(1),
             model: Some(1),
             names: 0,
         };
         let r = judged("n", "c");
-        let mut c = cache(&r, epoch);
-        assert_eq!(c.len(), 1);
+        let (mut slot, mut c) = cache(&r, epoch);
+        assert!(slot.get(epoch).is_some());
         let later = Epoch {
             index: Some(2),
             ..epoch
         };
-        assert!(c.get(&key(5432), later).is_none());
-        assert!(c.is_empty());
-
+        assert!(slot.get(later).is_none());
+        assert!(slot.get(epoch).is_some(), "still there, for nothing");
+        // The flow's next full-path record under the new epoch replaces it; one that cannot be
+        // cached leaves the slot empty rather than holding the old outcome.
         let mut local = r.clone();
         local.dst.scope = Some(Scope::Local);
-        let c = cache(&local, epoch);
-        assert!(c.is_empty());
+        let line = serde_json::to_vec(&local).unwrap();
+        let labels = connection_labels(&local);
+        c.emitted(
+            &mut slot,
+            later,
+            &local,
+            &line,
+            labels,
+            FlowSeries::default(),
+            None,
+        );
+        assert!(slot.is_empty());
+        let (slot, _) = cache(&local, epoch);
+        assert!(slot.is_empty());
     }
 }

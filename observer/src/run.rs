@@ -10,7 +10,7 @@ use std::{
 };
 
 use observer_common::{
-    DnsResponseHead, FlowCounters, FlowKey, IPPROTO_TCP, Outcome, comm_str, loss,
+    DnsResponseHead, FlowCounters, FlowKey, IPPROTO_TCP, Outcome, comm_text, loss,
     record::{
         self, Direction, Endpoint, FlowRecord, Outcomes, Process, Protocol, Scope, Timestamp,
     },
@@ -25,7 +25,7 @@ use crate::{
         tracker::Tracker,
     },
     dns::{DnsCounts, DnsNames},
-    flowcache::{Emitted, Epoch, Fate, FlowCache},
+    flowcache::{Emitted, Epoch, Fate, FlowCache, Fresh, ProcessRef, Slot},
     flowlog::FlowLog,
     http::{self, Health},
     inventory::{self, IndexHandle, InventoryStatus, NodeAddresses},
@@ -153,7 +153,8 @@ struct Held {
 /// Everything the agent loop owns.
 struct Agent {
     capture: Capture,
-    tracker: Tracker,
+    /// Each flow's last reading, and its slot in the flow cache.
+    tracker: Tracker<Slot>,
     log: FlowLog,
     health: Arc<Health>,
     opts: RunOptions,
@@ -167,7 +168,8 @@ struct Agent {
     names: Arc<Mutex<HostNames>>,
     held: VecDeque<Held>,
     traces: Traces,
-    /// Attribution, verdict and series of each flow, so its next records skip them.
+    /// What flows' cached attribution, verdict and series share (each flow's own is in its
+    /// tracker entry), so that its next records skip them.
     cache: FlowCache,
     /// The JSON line of the record being written (reused).
     line: Vec<u8>,
@@ -356,9 +358,10 @@ impl Agent {
         let n = self.capture.drain_hints(&mut self.hints);
         self.health.metrics.new_flow_hints.inc_by(n as u64);
         let hints = std::mem::take(&mut self.hints);
+        let epoch = self.epoch();
         for key in &hints {
             if let Some(counters) = self.capture.read(key) {
-                self.observe(*key, counters);
+                self.observe(*key, counters, epoch);
             }
         }
         self.hints = hints;
@@ -407,8 +410,9 @@ impl Agent {
             let mut readings = Vec::new();
             let entries = self.capture.scan(|k, v| readings.push((k, v)));
             self.health.metrics.map_scans.inc();
+            let epoch = self.epoch();
             for (k, v) in readings {
-                self.observe(k, v);
+                self.observe(k, v, epoch);
             }
             let idle_before = self
                 .clock
@@ -419,7 +423,6 @@ impl Agent {
                 // Reported in full above; the kernel re-creates the entry if the flow returns.
                 self.capture.delete(key);
                 self.tracker.forget(key);
-                self.cache.forget(key);
             }
             self.health
                 .metrics
@@ -437,30 +440,33 @@ impl Agent {
         }
     }
 
-    fn observe(&mut self, key: FlowKey, counters: FlowCounters) {
-        let Some(delta) = self.tracker.observe(key, counters) else {
+    /// Takes one reading of a flow. `epoch` was read before this batch of readings, so before
+    /// the index, model and names that attribution uses: a change after that point is cached
+    /// under the older epoch, which the flow's next record no longer matches.
+    fn observe(&mut self, key: FlowKey, counters: FlowCounters, epoch: Epoch) {
+        let Some((delta, slot)) = self.tracker.observe(key, counters) else {
             return;
         };
-        let record = self.record(&key, &delta.outcomes, &counters, false);
-        // Read before the index, model and names that attribution uses: a change after this
-        // point is cached under the older epoch, which the next record no longer matches.
-        let epoch = self.epoch();
-        if let Some(cached) = self.cache.get(&key, epoch) {
+        if let Some(cached) = slot.get(epoch) {
             if let Some(learned) = &mut cached.netns_pod {
                 self.attributor.relearn(learned);
             }
+            // No record: a cached flow's line is written from what its reading says anew.
+            let fresh = fresh(&key, &delta.outcomes, &counters, false, |ns| {
+                self.clock.wall(ns)
+            });
             match &mut cached.fate {
                 Fate::LeftToSourceNode { counted } => {
                     if *counted {
                         self.health
                             .metrics
                             .ingress_left_to_source_node
-                            .inc_by(record.count);
+                            .inc_by(fresh.count());
                     }
                 }
                 Fate::Emit(emitted) => emit_cached(
                     emitted,
-                    &record,
+                    &fresh,
                     &self.health.metrics,
                     &mut self.traces,
                     &mut self.log,
@@ -469,6 +475,7 @@ impl Agent {
             }
             return;
         }
+        let record = self.record(&key, &delta.outcomes, &counters, false);
         self.finish_flow(record, None, Some((key, epoch)));
     }
 
@@ -534,8 +541,11 @@ impl Agent {
                     .ingress_left_to_source_node
                     .inc_by(record.count);
             }
-            if let Some((key, epoch)) = flow {
-                self.cache.left_to_source_node(key, epoch, &record, learned);
+            if let Some((key, epoch)) = flow
+                && let Some(slot) = self.tracker.state(&key)
+            {
+                self.cache
+                    .left_to_source_node(slot, epoch, &record, learned);
             }
             return;
         }
@@ -560,9 +570,10 @@ impl Agent {
         self.emit(&record, &labels, &mut series);
         if let Some((key, epoch)) = flow
             && !incomplete
+            && let Some(slot) = self.tracker.state(&key)
         {
             self.cache
-                .emitted(key, epoch, &record, &self.line, labels, series, learned);
+                .emitted(slot, epoch, &record, &self.line, labels, series, learned);
         }
     }
     /// Retries held records; writes those whose hold expired (or all, at shutdown).
@@ -677,7 +688,7 @@ impl Agent {
         let mut records = Vec::new();
         if let Some(dns) = self.dns.as_mut() {
             for (key, counters) in readings {
-                if let Some(delta) = dns.queries.observe(key, counters) {
+                if let Some((delta, ())) = dns.queries.observe(key, counters) {
                     records.push((key, delta.outcomes, counters));
                 }
             }
@@ -730,7 +741,7 @@ impl Agent {
 /// made it, `emitted` holds the rest; `line` is scratch space. Public for the pipeline bench.
 pub fn emit_cached(
     emitted: &mut Emitted,
-    record: &FlowRecord,
+    record: &Fresh,
     metrics: &Metrics,
     traces: &mut Traces,
     log: &mut FlowLog,
@@ -739,7 +750,7 @@ pub fn emit_cached(
     emitted.prefetch();
     metrics.observe_series_at(
         &emitted.labels,
-        record.count,
+        record.count(),
         &record.outcomes,
         &mut emitted.series,
         std::time::Instant::now(),
@@ -757,7 +768,7 @@ pub fn emit_cached(
             metrics.flow_records.inc();
         }
         Err(e) => {
-            metrics.agent_loss("flow_log_write_failed", record.count);
+            metrics.agent_loss("flow_log_write_failed", record.count());
             tracing::warn!("flow log write failed: {e}");
         }
     }
@@ -848,31 +859,49 @@ pub fn flow_record(
         };
         (Direction::Ingress, src, dst)
     };
-    let process = (key.is_connect() && c.pid_tgid != 0).then(|| Process {
-        pid: c.pid_tgid as u32,
-        tgid: (c.pid_tgid >> 32) as u32,
-        comm: comm_str(&c.comm),
-        cgroup_id: key.cgroup_id,
-    });
-    let outcomes = Outcomes::from_counts(outcomes);
+    let fresh = fresh(key, outcomes, c, pre_existing, wall);
     FlowRecord {
         schema: record::SCHEMA_VERSION,
         node: node.to_owned(),
         protocol: Protocol::Tcp,
         direction,
-        count: outcomes.total(),
-        outcomes,
+        count: fresh.count(),
+        outcomes: fresh.outcomes,
         pre_existing,
-        first_seen: wall(c.first_seen_ns),
-        last_seen: wall(c.last_seen_ns),
+        first_seen: fresh.first_seen,
+        last_seen: fresh.last_seen,
         netns: key.netns,
-        process,
+        process: fresh.process.as_ref().map(ProcessRef::to_process),
         src,
         dst,
         verdict: None,
         reason: None,
         rule: None,
         model: None,
+    }
+}
+
+/// What the record of one kernel reading says anew each time (see [`flow_record`]): all a
+/// cached flow's line needs, without allocating.
+pub fn fresh<'a>(
+    key: &FlowKey,
+    outcomes: &[u64; Outcome::COUNT],
+    c: &'a FlowCounters,
+    pre_existing: bool,
+    wall: impl Fn(u64) -> Timestamp,
+) -> Fresh<'a> {
+    Fresh {
+        outcomes: Outcomes::from_counts(outcomes),
+        pre_existing,
+        first_seen: wall(c.first_seen_ns),
+        last_seen: wall(c.last_seen_ns),
+        netns: key.netns,
+        process: (key.is_connect() && c.pid_tgid != 0).then(|| ProcessRef {
+            pid: c.pid_tgid as u32,
+            tgid: (c.pid_tgid >> 32) as u32,
+            comm: comm_text(&c.comm),
+            cgroup_id: key.cgroup_id,
+        }),
     }
 }
 

@@ -3,6 +3,10 @@
 //! The kernel map is the truth: the tracker remembers what it last reported for each flow and
 //! reports only the difference, so a flow read twice (from a ring hint and from a full scan) is
 //! never counted twice, and a flow whose hint was lost is still counted by the next scan.
+//!
+//! Each flow's entry also holds what the caller keeps per flow (the agent: its flow cache slot),
+//! so that a reading costs one hash lookup in all: with tens of thousands of flows each lookup
+//! is a wait for main memory.
 
 use std::collections::{HashMap, hash_map::Entry};
 
@@ -10,12 +14,13 @@ use observer_common::{FlowCounters, FlowKey, Outcome};
 
 use crate::fasthash::FastHash;
 
-/// What was last reported for one flow.
-#[derive(Clone, Copy, Debug)]
-struct Reported {
+/// What was last reported for one flow, and what the caller keeps with it.
+#[derive(Debug)]
+struct Reported<S> {
     outcomes: [u64; Outcome::COUNT],
     /// The kernel's `last_seen_ns` when the flow last changed; for idle detection.
     last_seen_ns: u64,
+    state: S,
 }
 
 /// New connections of one flow since its previous report.
@@ -32,27 +37,35 @@ impl Delta {
     }
 }
 
-#[derive(Default)]
-pub struct Tracker {
+/// The flows read so far; `S` is what the caller keeps per flow (`S::default()` for a new one).
+pub struct Tracker<S = ()> {
     /// Keyed with a fast hash: this is looked up for every reading of every flow.
-    reported: HashMap<FlowKey, Reported, FastHash>,
+    reported: HashMap<FlowKey, Reported<S>, FastHash>,
 }
 
-impl Tracker {
-    /// Records a reading of `key` and returns its delta, or `None` when nothing changed.
-    pub fn observe(&mut self, key: FlowKey, counters: FlowCounters) -> Option<Delta> {
-        let reading = Reported {
-            outcomes: counters.outcomes,
-            last_seen_ns: counters.last_seen_ns,
-        };
+impl<S> Default for Tracker<S> {
+    fn default() -> Self {
+        Tracker {
+            reported: HashMap::default(),
+        }
+    }
+}
+
+impl<S: Default> Tracker<S> {
+    /// Records a reading of `key` and returns its delta, or `None` when nothing changed; with
+    /// the delta, the flow's state.
+    pub fn observe(&mut self, key: FlowKey, counters: FlowCounters) -> Option<(Delta, &mut S)> {
         // One hash lookup per reading, whether the flow is new or known.
-        let previous = match self.reported.entry(key) {
-            Entry::Occupied(mut e) => std::mem::replace(e.get_mut(), reading).outcomes,
-            Entry::Vacant(e) => {
-                e.insert(reading);
-                [0; Outcome::COUNT]
-            }
+        let reported = match self.reported.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(Reported {
+                outcomes: [0; Outcome::COUNT],
+                last_seen_ns: 0,
+                state: S::default(),
+            }),
         };
+        let previous = std::mem::replace(&mut reported.outcomes, counters.outcomes);
+        reported.last_seen_ns = counters.last_seen_ns;
         let mut outcomes = [0u64; Outcome::COUNT];
         for (i, slot) in outcomes.iter_mut().enumerate() {
             // Counters only grow while an entry lives; a smaller value means the entry was
@@ -66,7 +79,12 @@ impl Tracker {
             outcomes,
             counters,
         };
-        (delta.count() > 0).then_some(delta)
+        (delta.count() > 0).then_some((delta, &mut reported.state))
+    }
+
+    /// The state of a flow read before.
+    pub fn state(&mut self, key: &FlowKey) -> Option<&mut S> {
+        self.reported.get_mut(key).map(|r| &mut r.state)
     }
 
     /// Flows whose latest connection is older than `idle_before_ns` (kernel monotonic time) and
@@ -121,28 +139,44 @@ mod tests {
 
     #[test]
     fn reports_each_connection_exactly_once_however_often_a_flow_is_read() {
-        let mut t = Tracker::default();
-        let d = t.observe(key(80), counters(3, 0, 10)).unwrap();
+        let mut t = Tracker::<()>::default();
+        let (d, ()) = t.observe(key(80), counters(3, 0, 10)).unwrap();
         assert_eq!((d.count(), d.outcomes[0]), (3, 3));
         // The same reading again (a hint and a scan of the same state): nothing new.
         assert_eq!(t.observe(key(80), counters(3, 0, 10)), None);
-        let d = t.observe(key(80), counters(5, 2, 20)).unwrap();
+        let (d, ()) = t.observe(key(80), counters(5, 2, 20)).unwrap();
         assert_eq!(d.outcomes[Outcome::Established as usize], 2);
         assert_eq!(d.outcomes[Outcome::Refused as usize], 2);
         assert_eq!(d.count(), 4);
     }
 
     #[test]
+    fn a_flows_state_lives_as_long_as_its_entry() {
+        let mut t = Tracker::<u32>::default();
+        let (_, state) = t.observe(key(80), counters(1, 0, 10)).unwrap();
+        assert_eq!(*state, 0, "a new flow starts from the default");
+        *state = 7;
+        assert_eq!(t.observe(key(80), counters(1, 0, 10)), None);
+        assert_eq!(t.state(&key(80)), Some(&mut 7));
+        let (_, state) = t.observe(key(80), counters(2, 0, 20)).unwrap();
+        assert_eq!(*state, 7);
+        assert_eq!(t.state(&key(81)), None);
+        t.forget(&key(80));
+        let (_, state) = t.observe(key(80), counters(2, 0, 30)).unwrap();
+        assert_eq!(*state, 0, "forgotten with its entry");
+    }
+
+    #[test]
     fn a_recreated_entry_counts_from_zero() {
-        let mut t = Tracker::default();
+        let mut t = Tracker::<()>::default();
         t.observe(key(80), counters(10, 0, 10));
-        let d = t.observe(key(80), counters(2, 0, 30)).unwrap();
+        let (d, ()) = t.observe(key(80), counters(2, 0, 30)).unwrap();
         assert_eq!(d.count(), 2);
     }
 
     #[test]
     fn only_flows_quiet_since_the_cutoff_are_idle() {
-        let mut t = Tracker::default();
+        let mut t = Tracker::<()>::default();
         t.observe(key(1), counters(1, 0, 100));
         t.observe(key(2), counters(1, 0, 500));
         assert_eq!(t.idle(200), vec![key(1)]);
