@@ -37,7 +37,7 @@ use observer::{
     judge,
     metrics::{FlowSeries, connection_labels},
     names::HostNames,
-    run::{emit_cached, flow_record, fresh},
+    run::{AHEAD, emit_cached, flow_record, fresh},
     scope::Scoper,
     traces::{TraceOptions, Traces},
 };
@@ -202,6 +202,14 @@ fn main() {
 
     let (t0, c0) = (Instant::now(), thread_cpu());
     for e in 0..events {
+        if e % AHEAD == 0 {
+            // As Agent::observe_batch: the next readings' flows are looked up ahead.
+            for ahead in e..(e + AHEAD).min(events) {
+                if let Some(slot) = tracker.peek(&keys[ahead % keys.len()]) {
+                    slot.prefetch();
+                }
+            }
+        }
         let i = e % keys.len();
         let key = keys[i];
         // One more connection on this flow since its previous reading.

@@ -12,7 +12,7 @@ use crate::{
     architecture::{Architecture, NODE},
     cgroups::{CgroupOwner, CgroupResolver},
     fasthash::FastHash,
-    inventory::{Attribution, Index, Labels, ServiceKey, TargetPort},
+    inventory::{Index, Labels, ServiceKey, TargetPort},
     judge::Context,
     names::HostNames,
 };
@@ -133,18 +133,20 @@ impl Attributor {
         if let Some(index) = index {
             for (i, ep) in [&mut record.src, &mut record.dst].into_iter().enumerate() {
                 let Some(ip) = ep.ip else { continue };
-                let a: Attribution = index.attribute(ip, if i == 0 { None } else { ep.port });
-                a.fill(ep);
+                let a = index
+                    .attribute(ip, if i == 0 { None } else { ep.port })
+                    .fill(ep);
                 labels[i] = a.labels;
                 if i == 1
                     && let Some(sp) = a.service_port
                 {
                     out.ctx.target_port = match &sp.target_port {
                         Some(TargetPort::Number(n)) => Some(*n),
-                        Some(TargetPort::Name(name)) => a
+                        // Moved into the endpoint by `fill`.
+                        Some(TargetPort::Name(name)) => ep
                             .namespace
                             .as_deref()
-                            .zip(a.service.as_deref())
+                            .zip(ep.service.as_deref())
                             .and_then(|(ns, svc)| named_target_port(index, ns, svc, name)),
                         None => None,
                     };

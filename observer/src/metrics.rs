@@ -32,6 +32,7 @@ use prometheus_client::{
 };
 
 use crate::architecture::{Architecture, ReloadStats};
+use crate::fasthash::FastHash;
 use crate::inventory::InventoryStatus;
 
 /// What became of one captured DNS response: `named` (its addresses were recorded), or why it
@@ -216,8 +217,9 @@ enum Held {
 
 /// When each live flow series was last incremented.
 struct SeriesBook {
-    connections: HashMap<ConnectionLabels, Arc<Slot>>,
-    unexpected: HashMap<UnexpectedLabels, Arc<Slot>>,
+    /// Keyed with a fast hash: looked up for the first record of every flow.
+    connections: HashMap<ConnectionLabels, Arc<Slot>, FastHash>,
+    unexpected: HashMap<UnexpectedLabels, Arc<Slot>, FastHash>,
     /// Overflow series created so far (they are never removed).
     overflow_series: usize,
     last_sweep: Option<Instant>,
@@ -230,8 +232,8 @@ struct SeriesBook {
 impl Default for SeriesBook {
     fn default() -> Self {
         SeriesBook {
-            connections: HashMap::new(),
-            unexpected: HashMap::new(),
+            connections: HashMap::default(),
+            unexpected: HashMap::default(),
             overflow_series: 0,
             last_sweep: None,
             base: Instant::now(),

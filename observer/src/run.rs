@@ -410,10 +410,7 @@ impl Agent {
             let mut readings = Vec::new();
             let entries = self.capture.scan(|k, v| readings.push((k, v)));
             self.health.metrics.map_scans.inc();
-            let epoch = self.epoch();
-            for (k, v) in readings {
-                self.observe(k, v, epoch);
-            }
+            self.observe_batch(&readings);
             let idle_before = self
                 .clock
                 .mono_now_ns()
@@ -437,6 +434,21 @@ impl Agent {
         self.release_held(false);
         if let Err(e) = self.log.flush() {
             tracing::warn!("flow log flush failed: {e}");
+        }
+    }
+
+    /// Takes a batch of readings, looking each group of [`AHEAD`] up before taking it.
+    fn observe_batch(&mut self, readings: &[(FlowKey, FlowCounters)]) {
+        let epoch = self.epoch();
+        for group in readings.chunks(AHEAD) {
+            for (key, _) in group {
+                if let Some(slot) = self.tracker.peek(key) {
+                    slot.prefetch();
+                }
+            }
+            for &(key, counters) in group {
+                self.observe(key, counters, epoch);
+            }
         }
     }
 
@@ -880,6 +892,11 @@ pub fn flow_record(
         model: None,
     }
 }
+
+/// How many readings are looked up together before they are taken: the lookups of a group wait
+/// for main memory at the same time. Enough to cover a memory latency with the group's other
+/// lookups, few enough that what they load is still in cache when the group is taken.
+pub const AHEAD: usize = 8;
 
 /// What the record of one kernel reading says anew each time (see [`flow_record`]): all a
 /// cached flow's line needs, without allocating.

@@ -87,6 +87,12 @@ impl<S: Default> Tracker<S> {
         self.reported.get_mut(key).map(|r| &mut r.state)
     }
 
+    /// [`state`](Self::state), read-only: for looking a batch of readings up ahead of taking
+    /// them (see [`crate::flowcache::Slot::prefetch`]).
+    pub fn peek(&self, key: &FlowKey) -> Option<&S> {
+        self.reported.get(key).map(|r| &r.state)
+    }
+
     /// Flows whose latest connection is older than `idle_before_ns` (kernel monotonic time) and
     /// that have been fully reported: safe to delete from the kernel map.
     pub fn idle(&self, idle_before_ns: u64) -> Vec<FlowKey> {

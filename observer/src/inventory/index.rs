@@ -200,19 +200,20 @@ pub struct Attribution {
 }
 
 impl Attribution {
-    /// Copies what is known into a flow-record endpoint, leaving the rest as it was.
-    pub fn fill(&self, ep: &mut Endpoint) {
+    /// Moves what is known into a flow-record endpoint, leaving the rest as it was; returns the
+    /// rest of the attribution.
+    pub fn fill(mut self, ep: &mut Endpoint) -> Attribution {
         if self.namespace.is_some() {
-            ep.namespace.clone_from(&self.namespace);
+            ep.namespace = self.namespace.take();
         }
         if self.pod.is_some() {
-            ep.pod.clone_from(&self.pod);
+            ep.pod = self.pod.take();
         }
         if self.workload.is_some() {
-            ep.workload.clone_from(&self.workload);
+            ep.workload = self.workload.take();
         }
         if self.service.is_some() {
-            ep.service.clone_from(&self.service);
+            ep.service = self.service.take();
         }
         if let Some(r) = self.reserved {
             ep.component = Some(r.to_owned());
@@ -220,6 +221,7 @@ impl Attribution {
         if self.scope.is_some() {
             ep.scope = self.scope;
         }
+        self
     }
 }
 
