@@ -208,7 +208,9 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 release: !smoke,
             }
         };
-        scenarios::pipeline(how, &setup, events)?
+        // Run as many times as the other scenarios' pairs: on a shared machine one run's rate
+        // swings by a fifth with its neighbours' use of the memory caches.
+        scenarios::pipeline_median(how, &setup, events, sizes.pairs)?
     } else {
         Value::Null
     };

@@ -222,17 +222,25 @@ pub fn markdown(r: &Value) -> String {
         k["dns_filter_packets"]
     );
     let p = &r["pipeline"];
+    let runs = p["runs_events_per_cpu_second"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let _ = writeln!(
         s,
-        "## Pipeline\n\n{} events over {} flows (inventory: {} pods, {} services): {:.0} events/s per core (thread CPU time), {:.0} events/s wall; {} expected, {} unexpected.\n",
+        "## Pipeline\n\n{} events over {} flows (inventory: {} pods, {} services), {} of them on the full path (attribution, verdict, new series, serialisation): {:.0} events/s per core (thread CPU time), {:.0} events/s wall, in the median of {} runs; all runs, in order: {}.\n",
         p["events"],
         p["flows"],
         p["pods"],
         p["services"],
+        p["full_path_records"],
         f(&p["events_per_cpu_second"]),
         f(&p["events_per_second"]),
-        p["expected"],
-        p["unexpected"]
+        runs.len(),
+        runs.iter()
+            .map(|r| format!("{:.0}", f(r)))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let mem = &r["memory"];
     let _ = writeln!(

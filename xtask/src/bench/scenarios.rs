@@ -518,11 +518,33 @@ pub fn latency(ctx: &Ctx) -> Result<Value> {
 }
 
 /// How to run the pipeline benchmark.
+#[derive(Clone, Copy)]
 pub enum PipelineBuild<'a> {
     /// `cargo bench` (release) or `cargo test` (debug) of the bench target.
     Cargo { cargo: &'a str, release: bool },
     /// The executable `cargo build --all-targets` left in `<dir>/deps/pipeline-<hash>`.
     Built(&'a std::path::Path),
+}
+
+/// [`pipeline`] `runs` times: the run with the median rate (events per second per core; the
+/// upper of the two middle runs for an even number), with
+/// every run's rate added as `runs_events_per_cpu_second` (in the order they ran).
+pub fn pipeline_median(
+    how: PipelineBuild,
+    setup: &AgentSetup,
+    events: u64,
+    runs: usize,
+) -> Result<Value> {
+    let rate = |v: &Value| v["events_per_cpu_second"].as_f64().unwrap_or(f64::NAN);
+    let mut results = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        results.push(pipeline(how, setup, events)?);
+    }
+    let rates: Vec<f64> = results.iter().map(rate).collect();
+    results.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
+    let mut median = results.swap_remove(results.len() / 2);
+    median["runs_events_per_cpu_second"] = serde_json::json!(rates);
+    Ok(median)
 }
 
 /// Issue item 2, pipeline throughput: `observer/benches/pipeline.rs`.
