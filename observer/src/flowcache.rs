@@ -98,10 +98,12 @@ impl Slot {
     /// a batch of readings before taking them one by one, so that the batch's waits for main
     /// memory overlap instead of adding up.
     pub fn prefetch(&self) {
-        if let Some(cached) = &self.0
-            && let Fate::Emit(emitted) = &cached.fate
-        {
-            emitted.prefetch();
+        if let Some(cached) = &self.0 {
+            crate::prefetch::object(&**cached);
+            if let Fate::Emit(emitted) = &cached.fate {
+                emitted.prefetch();
+                emitted.series.prefetch();
+            }
         }
     }
 }

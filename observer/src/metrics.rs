@@ -201,6 +201,16 @@ pub struct FlowSeries {
     unexpected: [Held; Outcome::COUNT],
 }
 
+impl FlowSeries {
+    /// Starts loading the series a record of the flow counts in (see [`crate::prefetch`]).
+    pub fn prefetch(&self) {
+        if let Held::Own(slot) = &self.connections {
+            crate::prefetch::object(&**slot);
+            crate::prefetch::object(slot.counter.inner());
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 enum Held {
     #[default]

@@ -13,6 +13,15 @@ pub fn read(bytes: &[u8], lines: usize) {
     }
 }
 
+/// Starts loading every cache line of `value` (not what it points to).
+#[inline]
+pub fn object<T>(value: &T) {
+    let start: *const u8 = std::ptr::from_ref(value).cast();
+    for offset in (0..size_of::<T>()).step_by(64) {
+        hint(start.wrapping_add(offset));
+    }
+}
+
 #[inline]
 fn hint(at: *const u8) {
     #[cfg(target_arch = "x86_64")]
