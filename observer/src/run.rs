@@ -896,7 +896,7 @@ pub fn flow_record(
 /// How many readings are looked up together before they are taken: the lookups of a group wait
 /// for main memory at the same time. Enough to cover a memory latency with the group's other
 /// lookups, few enough that what they load is still in cache when the group is taken.
-pub const AHEAD: usize = 8;
+pub const AHEAD: usize = 16;
 
 /// What the record of one kernel reading says anew each time (see [`flow_record`]): all a
 /// cached flow's line needs, without allocating.
