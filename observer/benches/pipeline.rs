@@ -13,7 +13,8 @@
 //! One event is one reading of one flow that found one new connection, so every event makes
 //! one record (the worst case for the agent: in `observer run` the kernel adds up a flow's
 //! connections between readings, and a reading that finds nothing new costs only the tracker's
-//! lookup). The `--flows` flows (50,000 by default) are read round-robin: each flow's first
+//! lookup). The `--flows` flows (50,000 by default) are read round-robin, in groups of
+//! `run::AHEAD` looked up ahead as `Agent::observe_batch` does with a scan: each flow's first
 //! reading takes the full path (attribution, verdict, series lookup, serde), later ones the flow
 //! cache, as in the agent while the index, the model and the host names stay the same. Each
 //! pod has its own network namespace and two cgroups, as on a node.
