@@ -5,10 +5,12 @@
 //! network namespace), the Kubernetes index, the architecture and the host names, so they are
 //! cached under the generations of those three ([`Epoch`]): after any change of one of them,
 //! every flow goes through the full path once more. A flow's cached outcome lives in its
-//! [`Slot`], which the tracker keeps with the flow (one hash lookup per reading for both). Loopback flows (destination
-//! scope `local`) are never cached: their attribution also reads state the attributor learns
-//! from other flows and the cgroup of the connecting task. Records that wait for the index
-//! (attribution incomplete) are not cached either.
+//! [`Slot`], which the tracker keeps with the flow (one hash lookup per reading for both); an
+//! outcome of an older epoch stays there, unused, until the flow's next record replaces it or
+//! the flow is forgotten, so for a while after a change both generations' parts are in memory.
+//! Loopback flows (destination scope `local`) are never cached: their attribution also reads
+//! state the attributor learns from other flows and the cgroup of the connecting task. Records
+//! that wait for the index (attribution incomplete) are not cached either.
 //!
 //! A cached record is written from the JSON of its full first record, cut into the parts that
 //! are the same for every record of the flow (interned, as flows share their ends) and the
