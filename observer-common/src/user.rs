@@ -59,12 +59,8 @@ impl FlowKey {
     }
 }
 
-/// The printable part of a kernel `comm` (NUL-terminated, at most 16 bytes).
-pub fn comm_str(comm: &[u8; 16]) -> std::string::String {
-    comm_text(comm).into_owned()
-}
-
-/// [`comm_str`], borrowed from `comm` when it is valid UTF-8 (without allocating).
+/// The printable part of a kernel `comm` (NUL-terminated, at most 16 bytes), borrowed from
+/// `comm` when it is valid UTF-8 (without allocating).
 pub fn comm_text(comm: &[u8; 16]) -> std::borrow::Cow<'_, str> {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
     std::string::String::from_utf8_lossy(&comm[..end])
@@ -126,7 +122,7 @@ mod tests {
     fn comm_stops_at_nul() {
         let mut c = [0u8; 16];
         c[..4].copy_from_slice(b"curl");
-        assert_eq!(comm_str(&c), "curl");
-        assert_eq!(comm_str(b"0123456789abcdef"), "0123456789abcdef");
+        assert_eq!(comm_text(&c), "curl");
+        assert_eq!(comm_text(b"0123456789abcdef"), "0123456789abcdef");
     }
 }

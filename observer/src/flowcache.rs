@@ -92,7 +92,8 @@ impl Slot {
         self.0.as_deref_mut().filter(|c| c.epoch == epoch)
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.0.is_none()
     }
 
@@ -104,7 +105,6 @@ impl Slot {
             crate::prefetch::object(&**cached);
             if let Fate::Emit(emitted) = &cached.fate {
                 emitted.prefetch();
-                emitted.series.prefetch();
             }
         }
     }
@@ -301,11 +301,12 @@ impl<'a> Cut<'a> {
 }
 
 impl Emitted {
-    /// Starts loading the parts a line is written from (see [`crate::prefetch`]).
-    pub fn prefetch(&self) {
+    /// Starts loading the parts a line is written from and the series it counts in.
+    fn prefetch(&self) {
         for part in [&self.src, &self.dst] {
             crate::prefetch::read(part.as_bytes(), 4);
         }
+        self.series.prefetch();
     }
 
     /// The JSON line of a record (without the newline): what it says anew (`record`), then the

@@ -1,8 +1,8 @@
 //! Asks the CPU to start loading memory the agent is about to read.
 //!
 //! With tens of thousands of flows, what a cached record reads (its flow's cache slot, its ends'
-//! JSON shared by the flows of one pod or Service) is rarely in cache: each is a wait for main
-//! memory. Starting those loads for a group of readings before taking them
+//! JSON shared by the flows of one pod or Service, its metric series) is rarely in cache: each
+//! is a wait for main memory. Starting those loads for a group of readings before taking them
 //! overlaps the waits instead of adding them up.
 
 /// Starts loading the first `lines` cache lines of `bytes`.

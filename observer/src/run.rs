@@ -759,7 +759,6 @@ pub fn emit_cached(
     log: &mut FlowLog,
     line: &mut Vec<u8>,
 ) {
-    emitted.prefetch();
     metrics.observe_series_at(
         &emitted.labels,
         record.count(),
