@@ -235,23 +235,53 @@ impl Timestamp {
             .min(Duration::from_millis(LAST_4_DIGIT_YEAR_SECS * 1000 - 1));
         let secs = since.as_secs();
         let (days, day_secs) = (secs / 86_400, secs % 86_400);
-        let (year, month, day) = civil_from_days(days);
         let mut out = *b"0000-00-00T00:00:00.000Z";
-        let mut put = |at: usize, width: usize, mut value: u64| {
-            for i in (at..at + width).rev() {
-                out[i] = b'0' + (value % 10) as u8;
-                value /= 10;
-            }
-        };
-        put(0, 4, year);
-        put(5, 2, month);
-        put(8, 2, day);
-        put(11, 2, day_secs / 3600);
-        put(14, 2, day_secs / 60 % 60);
-        put(17, 2, day_secs % 60);
-        put(20, 3, u64::from(since.subsec_millis()));
+        out[..10].copy_from_slice(&date_text(days));
+        let millis = since.subsec_millis() as usize;
+        out[11..13].copy_from_slice(two_digits(day_secs as usize / 3600));
+        out[14..16].copy_from_slice(two_digits(day_secs as usize / 60 % 60));
+        out[17..19].copy_from_slice(two_digits(day_secs as usize % 60));
+        out[20] = b'0' + (millis / 100) as u8;
+        out[21..23].copy_from_slice(two_digits(millis % 100));
         out
     }
+}
+
+/// `YYYY-MM-DD` of the `days`th day after 1970-01-01. The flow log's timestamps fall on very few
+/// days, so the text of the last one is kept per thread (the calendar arithmetic cost as much
+/// as the rest of a timestamp).
+fn date_text(days: u64) -> [u8; 10] {
+    std::thread_local! {
+        static LAST: core::cell::Cell<(u64, [u8; 10])> = const {
+            core::cell::Cell::new((u64::MAX, [0; 10]))
+        };
+    }
+    LAST.with(|last| {
+        let (cached_days, text) = last.get();
+        if cached_days == days {
+            return text;
+        }
+        let (year, month, day) = civil_from_days(days);
+        let mut text = *b"0000-00-00";
+        let year = year as usize;
+        text[..2].copy_from_slice(two_digits(year / 100));
+        text[2..4].copy_from_slice(two_digits(year % 100));
+        text[5..7].copy_from_slice(two_digits(month as usize));
+        text[8..10].copy_from_slice(two_digits(day as usize));
+        last.set((days, text));
+        text
+    })
+}
+
+/// The two decimal digits of `n` (below 100).
+fn two_digits(n: usize) -> &'static [u8] {
+    const PAIRS: &[u8; 200] = b"\
+        0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    &PAIRS[2 * n..2 * n + 2]
 }
 
 /// 10000-01-01T00:00:00Z: from there on the year takes five digits.
@@ -422,5 +452,22 @@ mod tests {
         let before = Timestamp(SystemTime::UNIX_EPOCH - Duration::from_secs(1));
         assert_eq!(text(before).unwrap(), "1970-01-01T00:00:00.000Z");
         assert_eq!(at(951_782_400_042).to_string(), "2000-02-29T00:00:00.042Z");
+    }
+
+    #[test]
+    fn timestamps_alternating_between_days_keep_each_its_own_date() {
+        // The date of the last day written is kept per thread: alternating days must not mix.
+        let at = |ms: u64| Timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+        let days = [20_418_u64, 20_419, 11_016];
+        for round in 0..50_u64 {
+            for (i, day) in days.iter().enumerate() {
+                let ms = day * 86_400_000 + (round * 1_234_567 + i as u64 * 999) % 86_400_000;
+                assert_eq!(
+                    std::string::String::from_utf8(at(ms).rfc3339_millis().to_vec()).unwrap(),
+                    humantime::format_rfc3339_millis(at(ms).0).to_string(),
+                    "round {round}, day {day}"
+                );
+            }
+        }
     }
 }

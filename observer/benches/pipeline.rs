@@ -13,8 +13,8 @@
 //! One event is one reading of one flow that found one new connection, so every event makes
 //! one record (the worst case for the agent: in `observer run` the kernel adds up a flow's
 //! connections between readings, and a reading that finds nothing new costs only the tracker's
-//! lookup). The `--flows` flows (50,000 by default) are read round-robin, in groups of
-//! `run::AHEAD` looked up ahead as `Agent::observe_batch` does with a scan: each flow's first
+//! lookup). The `--flows` flows (50,000 by default) are read round-robin, a pass over all of them
+//! at a time taken as `Agent::observe_batch` takes a scan (`run::look_ahead`): each flow's first
 //! reading takes the full path (attribution, verdict, series lookup, serde), later ones the flow
 //! cache, as in the agent while the index, the model and the host names stay the same. Each
 //! pod has its own network namespace and two cgroups, as on a node.
@@ -38,7 +38,7 @@ use observer::{
     judge,
     metrics::{FlowSeries, connection_labels},
     names::HostNames,
-    run::{AHEAD, emit_cached, flow_record, fresh},
+    run::{emit_cached, flow_record, fresh, look_ahead},
     scope::Scoper,
     traces::{TraceOptions, Traces},
 };
@@ -202,76 +202,88 @@ fn main() {
     let (mut slow, mut left) = (0u64, 0u64);
 
     let (t0, c0) = (Instant::now(), thread_cpu());
-    for e in 0..events {
-        if e % AHEAD == 0 {
-            // As Agent::observe_batch: the next readings' flows are looked up ahead.
-            for ahead in e..(e + AHEAD).min(events) {
-                if let Some(slot) = tracker.peek(&keys[ahead % keys.len()]) {
-                    slot.prefetch();
-                }
-            }
+    let mut readings = Vec::with_capacity(keys.len());
+    for pass in (0..events).step_by(keys.len()) {
+        // As a scan of the flow map hands them to Agent::observe_batch: every flow once, each
+        // with one more connection since its previous reading.
+        readings.clear();
+        for e in pass..(pass + keys.len()).min(events) {
+            let i = e % keys.len();
+            let c = &mut counters[i];
+            c.outcomes[Outcome::Established as usize] += 1;
+            c.last_seen_ns = e as u64;
+            readings.push((keys[i], *c));
         }
-        let i = e % keys.len();
-        let key = keys[i];
-        // One more connection on this flow since its previous reading.
-        let c = &mut counters[i];
-        c.outcomes[Outcome::Established as usize] += 1;
-        c.last_seen_ns = e as u64;
-        // Agent::tick reads the epoch once per batch of readings; here, once per reading.
+        // As Agent::observe_batch: the epoch and the time are read once per batch.
         let epoch = Epoch {
             index: Some(index.generation()),
             model: Some(model.generation()),
             names: names.generation(),
         };
-        // From here on, what Agent::observe does with a reading.
-        let Some((delta, slot)) = tracker.observe(key, *c) else {
-            continue;
-        };
-        if let Some(cached) = slot.get(epoch) {
-            if let Some(learned) = &mut cached.netns_pod {
-                attributor.relearn(learned);
-            }
-            let fresh = fresh(&key, &delta.outcomes, &delta.counters, false, wall);
-            match &mut cached.fate {
-                Fate::LeftToSourceNode { .. } => left += 1,
-                Fate::Emit(emitted) => {
-                    emit_cached(emitted, &fresh, metrics, &mut traces, &mut log, &mut line)
+        let now = Instant::now();
+        look_ahead(
+            &mut tracker,
+            &readings,
+            |tracker, key| tracker.peek(key),
+            |tracker, key, c| {
+                // From here on, what Agent::observe does with a reading.
+                let Some((delta, slot)) = tracker.observe(key, c) else {
+                    return;
+                };
+                if let Some(cached) = slot.get(epoch) {
+                    if let Some(learned) = &mut cached.netns_pod {
+                        attributor.relearn(learned);
+                    }
+                    let fresh = fresh(&key, &delta.outcomes, &delta.counters, false, wall);
+                    match &mut cached.fate {
+                        Fate::LeftToSourceNode { .. } => left += 1,
+                        Fate::Emit(emitted) => emit_cached(
+                            emitted,
+                            &fresh,
+                            metrics,
+                            &mut traces,
+                            &mut log,
+                            &mut line,
+                            now,
+                        ),
+                    }
+                    return;
                 }
-            }
-            continue;
-        }
-        let mut record = flow_record(
-            &key,
-            &delta.outcomes,
-            &delta.counters,
-            false,
-            "bench-node",
-            &scoper,
-            wall,
+                let mut record = flow_record(
+                    &key,
+                    &delta.outcomes,
+                    &delta.counters,
+                    false,
+                    "bench-node",
+                    &scoper,
+                    wall,
+                );
+                // Agent::finish_flow (the bench's index knows every address, so nothing is held).
+                slow += 1;
+                let snapshot = index.snapshot();
+                let current = model.current();
+                let attributed =
+                    attributor.attribute(&mut record, Some(&snapshot), Some(&current), &names);
+                let learned = attributor.learned(&record);
+                judge::judge(&current, &mut record, attributed.ctx);
+                let labels = connection_labels(&record);
+                let mut series = FlowSeries::default();
+                metrics.observe_series_at(
+                    &labels,
+                    record.count,
+                    &record.outcomes,
+                    &mut series,
+                    Instant::now(),
+                );
+                traces.observe(&record);
+                line.clear();
+                serde_json::to_writer(&mut line, &record).expect("serialise");
+                log.write_line(&line).expect("/dev/null");
+                if let Some(slot) = tracker.state(&key) {
+                    cache.emitted(slot, epoch, &record, &line, labels, series, learned);
+                }
+            },
         );
-        // Agent::finish_flow (the bench's index knows every address, so nothing is held).
-        slow += 1;
-        let snapshot = index.snapshot();
-        let current = model.current();
-        let attributed = attributor.attribute(&mut record, Some(&snapshot), Some(&current), &names);
-        let learned = attributor.learned(&record);
-        judge::judge(&current, &mut record, attributed.ctx);
-        let labels = connection_labels(&record);
-        let mut series = FlowSeries::default();
-        metrics.observe_series_at(
-            &labels,
-            record.count,
-            &record.outcomes,
-            &mut series,
-            Instant::now(),
-        );
-        traces.observe(&record);
-        line.clear();
-        serde_json::to_writer(&mut line, &record).expect("serialise");
-        log.write_line(&line).expect("/dev/null");
-        if let Some(slot) = tracker.state(&key) {
-            cache.emitted(slot, epoch, &record, &line, labels, series, learned);
-        }
     }
     let (wall_s, cpu_s) = (
         t0.elapsed().as_secs_f64(),

@@ -41,10 +41,6 @@ pub struct Epoch {
 
 /// What the agent does with each record of a cached flow.
 #[derive(Debug)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "kept in a Box (Slot), so both variants take one allocation"
-)]
 pub enum Fate {
     /// Written to the log and counted in metrics.
     Emit(Emitted),
@@ -97,15 +93,33 @@ impl Slot {
         self.0.is_none()
     }
 
-    /// Starts loading what a record of this flow will read (see [`crate::prefetch`]): done for
-    /// a batch of readings before taking them one by one, so that the batch's waits for main
-    /// memory overlap instead of adding up.
-    pub fn prefetch(&self) {
+    // What a record of this flow will read, loaded in stages (see [`crate::run::look_ahead`]):
+    // each stage reads only what the stage before loaded, so none waits for main memory.
+
+    /// Starts loading the cached outcome.
+    pub fn prefetch_outcome(&self) {
         if let Some(cached) = &self.0 {
             crate::prefetch::object(&**cached);
-            if let Fate::Emit(emitted) = &cached.fate {
-                emitted.prefetch();
+        }
+    }
+
+    /// Starts loading what the outcome points to: the parts of the line, the labels' verdict and
+    /// the series slot.
+    pub fn prefetch_parts(&self) {
+        if let Some(Fate::Emit(emitted)) = self.0.as_deref().map(|c| &c.fate) {
+            for part in [&emitted.src, &emitted.dst] {
+                crate::prefetch::read(part.as_bytes(), 4);
             }
+            // The series update reads the verdict of the labels (the rest only on a miss).
+            crate::prefetch::object(&emitted.labels.verdict);
+            emitted.series.prefetch_slot();
+        }
+    }
+
+    /// Starts loading the series' counter (which the series slot points to).
+    pub fn prefetch_counter(&self) {
+        if let Some(Fate::Emit(emitted)) = self.0.as_deref().map(|c| &c.fate) {
+            emitted.series.prefetch_counter();
         }
     }
 }
@@ -301,14 +315,6 @@ impl<'a> Cut<'a> {
 }
 
 impl Emitted {
-    /// Starts loading the parts a line is written from and the series it counts in.
-    fn prefetch(&self) {
-        for part in [&self.src, &self.dst] {
-            crate::prefetch::read(part.as_bytes(), 4);
-        }
-        self.series.prefetch();
-    }
-
     /// The JSON line of a record (without the newline): what it says anew (`record`), then the
     /// cached rest.
     pub fn write_line(&self, out: &mut Vec<u8>, record: &Fresh) -> std::io::Result<()> {

@@ -198,14 +198,22 @@ impl Slot {
 #[derive(Clone, Debug, Default)]
 pub struct FlowSeries {
     connections: Held,
-    unexpected: [Held; Outcome::COUNT],
+    /// Only for an unexpected flow: boxed, so that the others' cached outcome stays small.
+    unexpected: Option<Box<[Held; Outcome::COUNT]>>,
 }
 
 impl FlowSeries {
-    /// Starts loading the series a record of the flow counts in (see [`crate::prefetch`]).
-    pub fn prefetch(&self) {
+    /// Starts loading the slot of the series a record of the flow counts in (see
+    /// [`crate::run::look_ahead`]).
+    pub fn prefetch_slot(&self) {
         if let Held::Own(slot) = &self.connections {
             crate::prefetch::object(&**slot);
+        }
+    }
+
+    /// Starts loading the counter of that series (read from its slot: loaded a stage before).
+    pub fn prefetch_counter(&self) {
+        if let Held::Own(slot) = &self.connections {
             crate::prefetch::object(slot.counter.inner());
         }
     }
@@ -593,12 +601,13 @@ impl Metrics {
         }
         if labels.verdict == VERDICT_UNEXPECTED {
             let mut overflowed_outcomes = 0;
+            let unexpected = held.unexpected.get_or_insert_default();
             for o in Outcome::ALL {
                 let n = outcomes.get(o);
                 if n == 0 {
                     continue;
                 }
-                let held = &mut held.unexpected[o as usize];
+                let held = &mut unexpected[o as usize];
                 if let Some((counter, overflow)) = book.touch(held, now) {
                     counter.inc_by(n);
                     if overflow {

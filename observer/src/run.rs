@@ -358,10 +358,10 @@ impl Agent {
         let n = self.capture.drain_hints(&mut self.hints);
         self.health.metrics.new_flow_hints.inc_by(n as u64);
         let hints = std::mem::take(&mut self.hints);
-        let epoch = self.epoch();
+        let (epoch, now) = (self.epoch(), std::time::Instant::now());
         for key in &hints {
             if let Some(counters) = self.capture.read(key) {
-                self.observe(*key, counters, epoch);
+                self.observe(*key, counters, epoch, now);
             }
         }
         self.hints = hints;
@@ -437,25 +437,28 @@ impl Agent {
         }
     }
 
-    /// Takes a batch of readings, looking each group of [`AHEAD`] up before taking it.
+    /// Takes a batch of readings, each group of [`AHEAD`] looked up ahead ([`look_ahead`]).
     fn observe_batch(&mut self, readings: &[(FlowKey, FlowCounters)]) {
-        let epoch = self.epoch();
-        for group in readings.chunks(AHEAD) {
-            for (key, _) in group {
-                if let Some(slot) = self.tracker.peek(key) {
-                    slot.prefetch();
-                }
-            }
-            for &(key, counters) in group {
-                self.observe(key, counters, epoch);
-            }
-        }
+        let (epoch, now) = (self.epoch(), std::time::Instant::now());
+        look_ahead(
+            self,
+            readings,
+            |agent, key| agent.tracker.peek(key),
+            |agent, key, counters| agent.observe(key, counters, epoch, now),
+        );
     }
 
     /// Takes one reading of a flow. `epoch` was read before this batch of readings, so before
     /// the index, model and names that attribution uses: a change after that point is cached
-    /// under the older epoch, which the flow's next record no longer matches.
-    fn observe(&mut self, key: FlowKey, counters: FlowCounters, epoch: Epoch) {
+    /// under the older epoch, which the flow's next record no longer matches. `now` is when the
+    /// batch was read (it marks the flow's series as incremented).
+    fn observe(
+        &mut self,
+        key: FlowKey,
+        counters: FlowCounters,
+        epoch: Epoch,
+        now: std::time::Instant,
+    ) {
         let Some((delta, slot)) = self.tracker.observe(key, counters) else {
             return;
         };
@@ -483,6 +486,7 @@ impl Agent {
                     &mut self.traces,
                     &mut self.log,
                     &mut self.line,
+                    now,
                 ),
             }
             return;
@@ -758,13 +762,14 @@ pub fn emit_cached(
     traces: &mut Traces,
     log: &mut FlowLog,
     line: &mut Vec<u8>,
+    now: std::time::Instant,
 ) {
     metrics.observe_series_at(
         &emitted.labels,
         record.count(),
         &record.outcomes,
         &mut emitted.series,
-        std::time::Instant::now(),
+        now,
     );
     line.clear();
     let written = emitted.write_line(line, record).and_then(|()| {
@@ -897,6 +902,47 @@ pub fn flow_record(
 /// lookups, few enough that what they load is still in cache when the group is taken.
 pub const AHEAD: usize = 16;
 
+/// What is loaded ahead of a reading, a stage per group: what one stage loads is read by the
+/// next one a group later (by then it has arrived), so no stage waits for memory on the one
+/// before it. The flow's cached outcome, then what the outcome points to (the line's parts and
+/// the series slot), then the series' counter.
+const STAGES: [fn(&Slot); 3] = [
+    Slot::prefetch_outcome,
+    Slot::prefetch_parts,
+    Slot::prefetch_counter,
+];
+
+/// Takes `readings` (one scan's) in groups of [`AHEAD`] with `take`, each group looked up
+/// [`STAGES`] groups ahead: while group `g` is taken, group `g + 1` loads the last stage,
+/// group `g + 2` the one before, and so on. `slot` finds a flow's cache slot (the tracker's
+/// lookup); a flow not tracked yet loads nothing.
+pub fn look_ahead<T>(
+    on: &mut T,
+    readings: &[(FlowKey, FlowCounters)],
+    slot: impl for<'a> Fn(&'a T, &FlowKey) -> Option<&'a Slot>,
+    mut take: impl FnMut(&mut T, FlowKey, FlowCounters),
+) {
+    let groups = readings.len().div_ceil(AHEAD);
+    let group = |g: usize| &readings[g * AHEAD..((g + 1) * AHEAD).min(readings.len())];
+    for step in 0..groups + STAGES.len() {
+        // Stage `s` on the group taken `STAGES.len() - s` steps from now.
+        for (s, stage) in STAGES.iter().enumerate() {
+            if let Some(g) = step.checked_sub(s).filter(|&g| g < groups) {
+                for (key, _) in group(g) {
+                    if let Some(slot) = slot(on, key) {
+                        stage(slot);
+                    }
+                }
+            }
+        }
+        if let Some(g) = step.checked_sub(STAGES.len()).filter(|&g| g < groups) {
+            for &(key, counters) in group(g) {
+                take(on, key, counters);
+            }
+        }
+    }
+}
+
 /// What the record of one kernel reading says anew each time (see [`flow_record`]): all a
 /// cached flow's line needs, without allocating.
 pub fn fresh<'a>(
@@ -941,6 +987,51 @@ fn strip_attribution(r: FlowRecord) -> FlowRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn look_ahead_takes_every_reading_once_in_order_after_all_its_stages() {
+        // Which flows were looked up how often, and what each was taken after.
+        struct Probe {
+            slot: Slot,
+            lookups: std::cell::RefCell<HashMap<u32, usize>>,
+            taken: Vec<(u32, usize)>,
+        }
+        let reading = |i: u32| {
+            let key = FlowKey {
+                cgroup_id: 0,
+                netns: i,
+                server_port: 80,
+                family: 2,
+                direction: 1,
+                local_addr: [0; 16],
+                remote_addr: [0; 16],
+            };
+            (key, FlowCounters::default())
+        };
+        // Empty, shorter than a group, a group exactly, one past it, several groups and a part.
+        for n in [0, 1, AHEAD - 1, AHEAD, AHEAD + 1, 5 * AHEAD + 3] {
+            let readings: Vec<_> = (0..n as u32).map(reading).collect();
+            let mut probe = Probe {
+                slot: Slot::default(),
+                lookups: Default::default(),
+                taken: Vec::new(),
+            };
+            look_ahead(
+                &mut probe,
+                &readings,
+                |p, key| {
+                    *p.lookups.borrow_mut().entry(key.netns).or_default() += 1;
+                    Some(&p.slot)
+                },
+                |p, key, _| {
+                    let looked_up = p.lookups.borrow().get(&key.netns).copied().unwrap_or(0);
+                    p.taken.push((key.netns, looked_up));
+                },
+            );
+            let expected: Vec<_> = (0..n as u32).map(|i| (i, STAGES.len())).collect();
+            assert_eq!(probe.taken, expected, "{n} readings");
+        }
+    }
 
     fn record(direction: Direction, src: Scope) -> FlowRecord {
         FlowRecord {
