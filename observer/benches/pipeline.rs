@@ -5,7 +5,7 @@
 //! verdict, metrics, and the flow-log line written to /dev/null — on one thread. Run by
 //! `cargo xtask bench`:
 //!
-//!   pipeline --architecture FILE --inventory FILE [--events N] [--flows N]
+//!   pipeline --architecture FILE --inventory FILE [--events N] [--flows N] [--node-pods N]
 //!
 //! prints one JSON line: events, wall seconds, thread CPU seconds, events per second per core,
 //! how many records took the full path, and this process's resident memory.
@@ -16,8 +16,9 @@
 //! lookup). The `--flows` flows (50,000 by default) are read round-robin, a pass over all of them
 //! at a time taken as `Agent::observe_batch` takes a scan (`run::look_ahead`): each flow's first
 //! reading takes the full path (attribution, verdict, series lookup, serde), later ones the flow
-//! cache, as in the agent while the index, the model and the host names stay the same. Each
-//! pod has its own network namespace and two cgroups, as on a node.
+//! cache, as in the agent while the index, the model and the host names stay the same. The
+//! flows' local ends are `--node-pods` pods of the inventory (every pod when 0, the default),
+//! each with its own network namespace and two cgroups, as on a node.
 #![forbid(unsafe_code)]
 
 use std::{
@@ -89,10 +90,11 @@ fn endpoints(inventory: &str) -> (Vec<[u8; 4]>, Vec<Endpoint>) {
     (pods, services)
 }
 
-/// A deterministic mix of flows a node sees: pods to Services (most), pods to pods, pods to
-/// the internet, and accepted connections from outside. Each pod has its own network namespace
-/// and two containers (cgroups), as on a node: a flow's namespace and cgroup are its pod's.
-fn flows(n: usize, pods: &[[u8; 4]], services: &[Endpoint]) -> Vec<FlowKey> {
+/// A deterministic mix of `n` distinct flows a node sees: its `local` pods to Services (most),
+/// to any pod, to the internet, and accepted connections from outside. Each local pod has its
+/// own network namespace and two containers (cgroups), as on a node: a flow's namespace and
+/// cgroup are its pod's.
+fn flows(n: usize, local: &[[u8; 4]], pods: &[[u8; 4]], services: &[Endpoint]) -> Vec<FlowKey> {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {
         x ^= x << 13;
@@ -100,40 +102,55 @@ fn flows(n: usize, pods: &[[u8; 4]], services: &[Endpoint]) -> Vec<FlowKey> {
         x ^= x << 17;
         x
     };
-    (0..n)
-        .map(|i| {
-            let pod = next() as usize % pods.len();
-            let src = pods[pod];
-            let (direction, local, remote, port) = match i % 10 {
-                0..=5 => {
-                    let (ip, port) = services[next() as usize % services.len()];
-                    (DIRECTION_CONNECT, src, ip, port)
-                }
-                6 | 7 => (
-                    DIRECTION_CONNECT,
-                    src,
-                    pods[next() as usize % pods.len()],
-                    8080,
-                ),
-                8 => (DIRECTION_CONNECT, src, [20, 190, 160, (i % 250) as u8], 443),
-                _ => (DIRECTION_ACCEPT, src, [198, 51, 100, (i % 250) as u8], 8443),
-            };
-            FlowKey {
-                // Accepted connections carry no cgroup (see FlowKey).
-                cgroup_id: if direction == DIRECTION_CONNECT {
-                    10_000 + 2 * pod as u64 + next() % 2
-                } else {
-                    0
-                },
-                netns: 4_026_532_000 + pod as u32,
-                server_port: port,
-                family: FAMILY_V4,
-                direction,
-                local_addr: addr16(local),
-                remote_addr: addr16(remote),
+    let mut keys = Vec::with_capacity(n);
+    let mut seen = std::collections::HashSet::with_capacity(n);
+    for i in 0.. {
+        if keys.len() == n {
+            break;
+        }
+        // A few local pods make the same flow twice now and then: drawn again.
+        assert!(i < 100 * n.max(1), "cannot make {n} distinct flows");
+        let pod = next() as usize % local.len();
+        let src = local[pod];
+        // Outside addresses spread over 20.190.160.0/19 and 198.51.100.0/24.
+        let outside = [160 + (i / 2_500 % 32) as u8, (i / 10 % 250) as u8];
+        let (direction, remote, port) = match i % 10 {
+            0..=5 => {
+                let (ip, port) = services[next() as usize % services.len()];
+                (DIRECTION_CONNECT, ip, port)
             }
-        })
-        .collect()
+            6 | 7 => (DIRECTION_CONNECT, pods[next() as usize % pods.len()], 8080),
+            8 => (DIRECTION_CONNECT, [20, 190, outside[0], outside[1]], 443),
+            _ => (DIRECTION_ACCEPT, [198, 51, 100, (i % 250) as u8], 8443),
+        };
+        let key = FlowKey {
+            // Accepted connections carry no cgroup (see FlowKey).
+            cgroup_id: if direction == DIRECTION_CONNECT {
+                10_000 + 2 * pod as u64 + next() % 2
+            } else {
+                0
+            },
+            netns: 4_026_532_000 + pod as u32,
+            server_port: port,
+            family: FAMILY_V4,
+            direction,
+            local_addr: addr16(src),
+            remote_addr: addr16(remote),
+        };
+        if seen.insert(key) {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+/// `n` pods of `pods` picked evenly over the inventory (its order groups pods by namespace and
+/// workload), or all of them when `n` is 0 or more than there are.
+fn local_pods(pods: &[[u8; 4]], n: usize) -> Vec<[u8; 4]> {
+    if n == 0 || n >= pods.len() {
+        return pods.to_vec();
+    }
+    (0..n).map(|i| pods[i * pods.len() / n]).collect()
 }
 
 /// This process's resident set, MiB (`VmRSS`): one thread and no runtime, so not the agent's;
@@ -172,7 +189,11 @@ fn main() {
     let text = std::fs::read_to_string(&inventory).expect("inventory");
     let (pods, services) = endpoints(&text);
     assert!(!pods.is_empty() && !services.is_empty(), "empty inventory");
-    let keys = flows(n_flows, &pods, &services);
+    // The pods on this node, whose connections its agent records: the first `--node-pods` of a
+    // shuffled inventory (every pod when 0).
+    let node_pods: usize = arg(&args, "--node-pods").map_or(0, |v| v.parse().expect("N"));
+    let local = local_pods(&pods, node_pods);
+    let keys = flows(n_flows, &local, &pods, &services);
     let scoper = Scoper {
         pod_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")],
         service_cidrs: vec!["10.96.0.0/12".parse().expect("cidr")],

@@ -72,14 +72,25 @@ fn bench_smoke_mode_produces_a_complete_report() {
         "recording_existing_flow_ns_per_run",
         "filtered_ns_per_run",
         "dns_filter_ns_per_packet",
+        "recording_new_flow_noop_ns_per_run",
+        "recording_existing_flow_noop_ns_per_run",
+        "filtered_noop_ns_per_run",
     ] {
         assert!(k[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {k}");
     }
-    assert!(
-        r["pipeline"]["events_per_cpu_second"]
-            .as_f64()
-            .is_some_and(|x| x > 0.0)
-    );
+    // Both variants: the node's 110 pods local, and every pod local. The smoke run reads fewer
+    // events than there are flows, so every event is a flow's first reading (the full path).
+    let p = &r["pipeline"];
+    assert_eq!(p["node_pods"], 110, "{p}");
+    for variant in [p, &p["all_pods_local"]] {
+        assert!(
+            variant["events_per_cpu_second"]
+                .as_f64()
+                .is_some_and(|x| x > 0.0),
+            "{variant}"
+        );
+        assert_eq!(variant["full_path_records"], variant["events"], "{variant}");
+    }
     assert!(r["memory"]["rss_mib"].as_f64().is_some_and(|x| x > 0.0));
     assert!(
         r["memory"]["bpf_maps_mib"]

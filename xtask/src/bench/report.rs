@@ -4,6 +4,12 @@ use std::fmt::Write;
 
 use serde_json::{Value, json};
 
+/// The kernel program's own time per run of one kind: its statistics less those of the no-op
+/// program on the same runs.
+fn own_ns(kernel: &Value, kind: &str) -> f64 {
+    f(&kernel[format!("{kind}_ns_per_run")]) - f(&kernel[format!("{kind}_noop_ns_per_run")])
+}
+
 fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
@@ -57,22 +63,28 @@ pub fn targets(r: &Value) -> Value {
         (peers.len() == 2).then_some(cheaper),
     ));
     let k = &r["kernel_program"];
-    let rec =
-        f(&k["recording_new_flow_ns_per_run"]).max(f(&k["recording_existing_flow_ns_per_run"]));
+    let own = |kind| own_ns(k, kind);
+    let (new, existing) = (own("recording_new_flow"), own("recording_existing_flow"));
     out.push(row(
         "kernel program ≤ 250 ns per recording run",
         format!(
-            "{:.0} ns (new flow), {:.0} ns (existing flow)",
+            "own {new:.0} ns (new flow), {existing:.0} ns (existing flow); statistics {:.0} and {:.0}, less a no-op program's {:.0} and {:.0} on the same runs",
             f(&k["recording_new_flow_ns_per_run"]),
-            f(&k["recording_existing_flow_ns_per_run"])
+            f(&k["recording_existing_flow_ns_per_run"]),
+            f(&k["recording_new_flow_noop_ns_per_run"]),
+            f(&k["recording_existing_flow_noop_ns_per_run"]),
         ),
-        Some(rec <= 250.0),
+        Some(new.max(existing) <= 250.0),
     ));
-    let filt = f(&k["filtered_ns_per_run"]);
+    let filtered = own("filtered");
     out.push(row(
         "kernel program ≤ 60 ns per filtered run",
-        format!("{filt:.0} ns"),
-        Some(filt <= 60.0),
+        format!(
+            "own {filtered:.0} ns; statistics {:.0}, less a no-op program's {:.0} on the same runs",
+            f(&k["filtered_ns_per_run"]),
+            f(&k["filtered_noop_ns_per_run"]),
+        ),
+        Some(filtered <= 60.0),
     ));
     let c = &r["connection_cost"];
     let wake = f(&c["agent_wakeups_per_second_max"]).max(f(&k["agent_idle_wakeups_per_second"]));
@@ -88,7 +100,11 @@ pub fn targets(r: &Value) -> Value {
     let p = f(&r["pipeline"]["events_per_cpu_second"]);
     out.push(row(
         "pipeline ≥ 1,000,000 events/s per core",
-        format!("{p:.0} events/s per core"),
+        format!(
+            "{p:.0} events/s per core ({} pods on the node; {:.0} with every pod local)",
+            r["pipeline"]["node_pods"],
+            f(&r["pipeline"]["all_pods_local"]["events_per_cpu_second"])
+        ),
         Some(p >= 1e6),
     ));
     let m = &r["memory"];
@@ -210,37 +226,50 @@ pub fn markdown(r: &Value) -> String {
     );
     let _ = writeln!(
         s,
-        "## Kernel program\n\n| runs | ns per run | runs measured |\n|---|---:|---:|\n| recording, new flow (refused connects to distinct ports) | {:.0} | {} |\n| recording, existing flow (refused connects to one port) | {:.0} | {} |\n| filtered (closing {} connections opened before the agent) | {:.0} | {} |\n| DNS programs' filter (every packet of the existing-flow storm; none is DNS) | {:.0} | {} |\n",
+        "## Kernel program\n\nEach run's time from the kernel's BPF statistics, beside that of a program that does nothing (`r0 = 0; exit`) attached to the same hook for the same runs: the hook's dispatch and the statistics' own clock reads. The difference is the program's own time, what it costs with the statistics off (their default).\n\n| runs | ns per run (statistics) | no-op program, same runs | program's own | runs measured |\n|---|---:|---:|---:|---:|\n| recording, new flow (refused connects to distinct ports) | {:.0} | {:.0} | {:.0} | {} |\n| recording, existing flow (refused connects to one port) | {:.0} | {:.0} | {:.0} | {} |\n| filtered (closing {} connections opened before the agent) | {:.0} | {:.0} | {:.0} | {} |\n| DNS programs' filter (every packet of the existing-flow storm; none is DNS) | {:.0} | | | {} |\n",
         f(&k["recording_new_flow_ns_per_run"]),
+        f(&k["recording_new_flow_noop_ns_per_run"]),
+        own_ns(k, "recording_new_flow"),
         k["recording_new_flow_runs"],
         f(&k["recording_existing_flow_ns_per_run"]),
+        f(&k["recording_existing_flow_noop_ns_per_run"]),
+        own_ns(k, "recording_existing_flow"),
         k["recording_existing_flow_runs"],
         k["filtered_connections_closed"],
         f(&k["filtered_ns_per_run"]),
+        f(&k["filtered_noop_ns_per_run"]),
+        own_ns(k, "filtered"),
         k["filtered_runs"],
         f(&k["dns_filter_ns_per_packet"]),
         k["dns_filter_packets"]
     );
     let p = &r["pipeline"];
-    let runs = p["runs_events_per_cpu_second"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let all = &p["all_pods_local"];
+    let runs = |v: &Value| {
+        v["runs_events_per_cpu_second"]
+            .as_array()
+            .map(|runs| {
+                runs.iter()
+                    .map(|r| format!("{:.0}", f(r)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
     let _ = writeln!(
         s,
-        "## Pipeline\n\n{} events over {} flows (inventory: {} pods, {} services), {} of them on the full path (attribution, verdict, new series, serialisation): {:.0} events/s per core (thread CPU time), {:.0} events/s wall, in the median of {} runs; all runs, in order: {}.\n",
+        "## Pipeline\n\n{} events over {} flows whose local ends are the node's {} pods (inventory: {} pods, {} services), {} of them on the full path (attribution, verdict, new series, serialisation): {:.0} events/s per core (thread CPU time), {:.0} events/s wall, in the median run; all runs, in order: {}.\n\nThe same with every pod of the inventory local (a worst case no node reaches), alternating run by run with the above: {:.0} events/s per core in the median run; all runs: {}.\n",
         p["events"],
         p["flows"],
+        p["node_pods"],
         p["pods"],
         p["services"],
         p["full_path_records"],
         f(&p["events_per_cpu_second"]),
         f(&p["events_per_second"]),
-        runs.len(),
-        runs.iter()
-            .map(|r| format!("{:.0}", f(r)))
-            .collect::<Vec<_>>()
-            .join(", ")
+        runs(p),
+        f(&all["events_per_cpu_second"]),
+        runs(all),
     );
     let mem = &r["memory"];
     let _ = writeln!(

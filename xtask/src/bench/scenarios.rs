@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use super::{
     agent::{Agent, AgentSetup, Peer, ProcSample, dns_program_stats, map_memory, program_stats},
     lab::{Lab, Proc, Sysctl},
+    noop::NoopProbe,
     stats::{bootstrap_ci95_median, median, percentile},
 };
 
@@ -235,8 +236,32 @@ fn per_run(before: (u64, u64), after: (u64, u64)) -> (f64, u64) {
     )
 }
 
-/// The kernel program's own run time (BPF statistics), per kind of run. Also the agent's idle
-/// wake-ups.
+/// The statistics of the agent's program and of the no-op program on the same hook, taken
+/// together at the start and end of a window.
+struct Window {
+    agent: (u64, u64),
+    noop: (u64, u64),
+}
+
+impl Window {
+    fn start(pid: u32, noop: &NoopProbe) -> Result<Window> {
+        Ok(Window {
+            agent: program_stats(pid)?,
+            noop: noop.stats()?,
+        })
+    }
+
+    /// Per run over the window: (agent's ns, its runs, no-op's ns on the same runs).
+    fn end(self, pid: u32, noop: &NoopProbe) -> Result<(f64, u64, f64)> {
+        let (agent_ns, runs) = per_run(self.agent, program_stats(pid)?);
+        let (noop_ns, _) = per_run(self.noop, noop.stats()?);
+        Ok((agent_ns, runs, noop_ns))
+    }
+}
+
+/// The kernel program's run time (BPF statistics), per kind of run, beside that of a program
+/// that does nothing on the same hook and runs (the hook's dispatch and the statistics' own
+/// clock reads): the difference is the program's own. Also the agent's idle wake-ups.
 pub fn kernel_program(ctx: &Ctx) -> Result<Value> {
     let _stats = Sysctl::set("kernel.bpf_stats_enabled", "1")?;
     // Established before the agent starts: their close transitions are all filtered runs.
@@ -257,13 +282,14 @@ pub fn kernel_program(ctx: &Ctx) -> Result<Value> {
     let idle0 = ProcSample::take(pid);
     std::thread::sleep(Duration::from_secs_f64(ctx.sizes.idle_seconds));
     let (_, idle_wakeups) = idle0.until(&ProcSample::take(pid));
+    let noop = NoopProbe::attach("inet_sock_set_state")?;
 
     let n = ctx.sizes.kernel_count.to_string();
-    let s0 = program_stats(pid)?;
+    let w = Window::start(pid, &noop)?;
     let refused = ctx.storm(&["refuse", &format!("{}.10", ctx.lab.net), "20000", &n, "30"])?;
-    let (new_ns, new_runs) = per_run(s0, program_stats(pid)?);
+    let (new_ns, new_runs, new_noop_ns) = w.end(pid, &noop)?;
 
-    let (s0, d0) = (program_stats(pid)?, dns_program_stats(pid)?);
+    let (w, d0) = (Window::start(pid, &noop)?, dns_program_stats(pid)?);
     ctx.storm(&[
         "connect",
         &format!("{}.10:9", ctx.lab.net),
@@ -272,11 +298,11 @@ pub fn kernel_program(ctx: &Ctx) -> Result<Value> {
         "1",
         "rst",
     ])?;
-    let (existing_ns, existing_runs) = per_run(s0, program_stats(pid)?);
+    let (existing_ns, existing_runs, existing_noop_ns) = w.end(pid, &noop)?;
     // Every packet of that storm (none of them DNS) ran one of the DNS programs' filters.
     let (dns_filter_ns, dns_filter_runs) = per_run(d0, dns_program_stats(pid)?);
 
-    let s0 = program_stats(pid)?;
+    let w = Window::start(pid, &noop)?;
     hold.0
         .stdin
         .take()
@@ -287,15 +313,19 @@ pub fn kernel_program(ctx: &Ctx) -> Result<Value> {
     let _ = hold.0.wait();
     // The server's side closes when it reads the FIN.
     std::thread::sleep(Duration::from_millis(1500));
-    let (filtered_ns, filtered_runs) = per_run(s0, program_stats(pid)?);
+    let (filtered_ns, filtered_runs, filtered_noop_ns) = w.end(pid, &noop)?;
+    drop(noop);
     agent.stop()?;
     Ok(json!({
         "recording_new_flow_ns_per_run": new_ns,
+        "recording_new_flow_noop_ns_per_run": new_noop_ns,
         "recording_new_flow_runs": new_runs,
         "recording_new_flow_connects": refused["refused"],
         "recording_existing_flow_ns_per_run": existing_ns,
+        "recording_existing_flow_noop_ns_per_run": existing_noop_ns,
         "recording_existing_flow_runs": existing_runs,
         "filtered_ns_per_run": filtered_ns,
+        "filtered_noop_ns_per_run": filtered_noop_ns,
         "filtered_runs": filtered_runs,
         "filtered_connections_closed": holding["holding"],
         "dns_filter_ns_per_packet": dns_filter_ns,
@@ -526,29 +556,45 @@ pub enum PipelineBuild<'a> {
     Built(&'a std::path::Path),
 }
 
-/// [`pipeline`] `runs` times: the run with the median rate (events per second per core; the
-/// upper of the two middle runs for an even number), with
-/// every run's rate added as `runs_events_per_cpu_second` (in the order they ran).
-pub fn pipeline_median(
+/// [`pipeline`] `runs` times with each number of pods on the node in `node_pods`, the
+/// variants alternating run by run (so that the machine's load drifts over all of them alike).
+/// For each variant, the run with the median rate (events per second per core; the upper of the
+/// two middle runs for an even number), with every run's rate added as
+/// `runs_events_per_cpu_second` (in the order they ran).
+pub fn pipeline_medians(
     how: PipelineBuild,
     setup: &AgentSetup,
     events: u64,
     runs: usize,
-) -> Result<Value> {
+    node_pods: &[usize],
+) -> Result<Vec<Value>> {
     let rate = |v: &Value| v["events_per_cpu_second"].as_f64().unwrap_or(f64::NAN);
-    let mut results = Vec::with_capacity(runs);
+    let mut results: Vec<Vec<Value>> = vec![Vec::with_capacity(runs); node_pods.len()];
     for _ in 0..runs.max(1) {
-        results.push(pipeline(how, setup, events)?);
+        for (variant, &pods) in results.iter_mut().zip(node_pods) {
+            variant.push(pipeline(how, setup, events, pods)?);
+        }
     }
-    let rates: Vec<f64> = results.iter().map(rate).collect();
-    results.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
-    let mut median = results.swap_remove(results.len() / 2);
-    median["runs_events_per_cpu_second"] = serde_json::json!(rates);
-    Ok(median)
+    Ok(results
+        .into_iter()
+        .map(|mut variant| {
+            let rates: Vec<f64> = variant.iter().map(rate).collect();
+            variant.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
+            let mut median = variant.swap_remove(variant.len() / 2);
+            median["runs_events_per_cpu_second"] = serde_json::json!(rates);
+            median
+        })
+        .collect())
 }
 
-/// Issue item 2, pipeline throughput: `observer/benches/pipeline.rs`.
-pub fn pipeline(how: PipelineBuild, setup: &AgentSetup, events: u64) -> Result<Value> {
+/// Issue item 2, pipeline throughput: `observer/benches/pipeline.rs`, the flows' local ends on
+/// `node_pods` pods of the inventory (all of them when 0).
+pub fn pipeline(
+    how: PipelineBuild,
+    setup: &AgentSetup,
+    events: u64,
+    node_pods: usize,
+) -> Result<Value> {
     let mut cmd = match how {
         PipelineBuild::Cargo { cargo, release } => {
             let mut c = Command::new(cargo);
@@ -579,6 +625,7 @@ pub fn pipeline(how: PipelineBuild, setup: &AgentSetup, events: u64) -> Result<V
         .arg("--inventory")
         .arg(&setup.inventory)
         .args(["--events", &events.to_string()])
+        .args(["--node-pods", &node_pods.to_string()])
         .stderr(Stdio::inherit());
     eprintln!("[bench] {cmd:?}");
     let out = cmd.output().context("pipeline benchmark")?;
