@@ -245,7 +245,7 @@ fn main() {
         look_ahead(
             &mut tracker,
             &readings,
-            |tracker, key| tracker.peek(key),
+            |tracker| tracker,
             |tracker, key, c| {
                 // From here on, what Agent::observe does with a reading.
                 let Some((delta, slot)) = tracker.observe(key, c) else {

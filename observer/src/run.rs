@@ -443,7 +443,7 @@ impl Agent {
         look_ahead(
             self,
             readings,
-            |agent, key| agent.tracker.peek(key),
+            |agent| &agent.tracker,
             |agent, key, counters| agent.observe(key, counters, epoch, now),
         );
     }
@@ -902,36 +902,70 @@ pub fn flow_record(
 /// lookups, few enough that what they load is still in cache when the group is taken.
 pub const AHEAD: usize = 16;
 
-/// What is loaded ahead of a reading, a stage per group: what one stage loads is read by the
+/// What is loaded ahead of a reading, one stage per group: what one stage loads is read by the
 /// next one a group later (by then it has arrived), so no stage waits for memory on the one
-/// before it. The flow's cached outcome, then what the outcome points to (the line's parts and
-/// the series slot), then the series' counter.
-const STAGES: [fn(&Slot); 3] = [
-    Slot::prefetch_outcome,
-    Slot::prefetch_parts,
-    Slot::prefetch_counter,
+/// before it.
+#[derive(Clone, Copy, Debug)]
+enum Stage {
+    /// The key's hash, and its first bucket in the tracker's index.
+    Bucket,
+    /// The tracker's entry the bucket points to.
+    Entry,
+    /// The flow's cached outcome (the entry holds its address).
+    Outcome,
+    /// What the outcome points to: the line's parts, the labels' verdict, the series slot.
+    Parts,
+    /// The series' counter (the series slot holds its address).
+    Counter,
+}
+
+const STAGES: [Stage; 5] = [
+    Stage::Bucket,
+    Stage::Entry,
+    Stage::Outcome,
+    Stage::Parts,
+    Stage::Counter,
 ];
 
-/// Takes `readings` (one scan's) in groups of [`AHEAD`] with `take`, each group looked up
-/// [`STAGES`] groups ahead: while group `g` is taken, group `g + 1` loads the last stage,
-/// group `g + 2` the one before, and so on. `slot` finds a flow's cache slot (the tracker's
-/// lookup); a flow not tracked yet loads nothing.
+impl Stage {
+    /// Starts this stage's loads for `key`; `hash` is the key's, worked out by the first stage.
+    fn load(self, tracker: &Tracker<Slot>, key: &FlowKey, hash: &mut u64) {
+        let slot = || tracker.peek(*hash, key);
+        match self {
+            Stage::Bucket => {
+                *hash = tracker.hash(key);
+                tracker.prefetch_bucket(*hash);
+            }
+            Stage::Entry => tracker.prefetch_entry(*hash),
+            Stage::Outcome => slot().map_or((), Slot::prefetch_outcome),
+            Stage::Parts => slot().map_or((), Slot::prefetch_parts),
+            Stage::Counter => slot().map_or((), Slot::prefetch_counter),
+        }
+    }
+}
+
+/// Takes `readings` (one scan's) in groups of [`AHEAD`] with `take`, each group loaded
+/// [`STAGES`] groups ahead: while group `g` is taken, group `g + 1` is in the last stage, group
+/// `g + 2` in the one before, and so on. `tracker` is where the flows are (a flow not tracked
+/// yet loads nothing past its bucket).
 pub fn look_ahead<T>(
     on: &mut T,
     readings: &[(FlowKey, FlowCounters)],
-    slot: impl for<'a> Fn(&'a T, &FlowKey) -> Option<&'a Slot>,
+    tracker: impl Fn(&T) -> &Tracker<Slot>,
     mut take: impl FnMut(&mut T, FlowKey, FlowCounters),
 ) {
     let groups = readings.len().div_ceil(AHEAD);
     let group = |g: usize| &readings[g * AHEAD..((g + 1) * AHEAD).min(readings.len())];
+    // The hashes of the groups in the stages: group `g`'s at `g % STAGES.len()`.
+    let mut hashes = [[0u64; AHEAD]; STAGES.len()];
     for step in 0..groups + STAGES.len() {
         // Stage `s` on the group taken `STAGES.len() - s` steps from now.
         for (s, stage) in STAGES.iter().enumerate() {
             if let Some(g) = step.checked_sub(s).filter(|&g| g < groups) {
-                for (key, _) in group(g) {
-                    if let Some(slot) = slot(on, key) {
-                        stage(slot);
-                    }
+                let t = tracker(on);
+                let ring = &mut hashes[g % STAGES.len()];
+                for ((key, _), hash) in group(g).iter().zip(ring.iter_mut()) {
+                    stage.load(t, key, hash);
                 }
             }
         }
@@ -989,12 +1023,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn look_ahead_takes_every_reading_once_in_order_after_all_its_stages() {
-        // Which flows were looked up how often, and what each was taken after.
-        struct Probe {
-            slot: Slot,
-            lookups: std::cell::RefCell<HashMap<u32, usize>>,
-            taken: Vec<(u32, usize)>,
+    fn look_ahead_takes_every_reading_once_in_order() {
+        struct Agent {
+            tracker: Tracker<Slot>,
+            taken: Vec<u32>,
         }
         let reading = |i: u32| {
             let key = FlowKey {
@@ -1006,30 +1038,45 @@ mod tests {
                 local_addr: [0; 16],
                 remote_addr: [0; 16],
             };
-            (key, FlowCounters::default())
+            let mut counters = FlowCounters::default();
+            counters.outcomes[0] = 1;
+            (key, counters)
         };
-        // Empty, shorter than a group, a group exactly, one past it, several groups and a part.
-        for n in [0, 1, AHEAD - 1, AHEAD, AHEAD + 1, 5 * AHEAD + 3] {
+        // Empty, shorter than a group, a group exactly, one past it, more groups than stages.
+        for n in [
+            0,
+            1,
+            AHEAD - 1,
+            AHEAD,
+            AHEAD + 1,
+            (STAGES.len() + 2) * AHEAD + 3,
+        ] {
             let readings: Vec<_> = (0..n as u32).map(reading).collect();
-            let mut probe = Probe {
-                slot: Slot::default(),
-                lookups: Default::default(),
+            let mut agent = Agent {
+                tracker: Tracker::default(),
                 taken: Vec::new(),
             };
+            // Every other flow tracked already (the stages load its entry), the rest new.
+            for &(key, counters) in readings.iter().step_by(2) {
+                agent.tracker.observe(key, counters);
+            }
             look_ahead(
-                &mut probe,
+                &mut agent,
                 &readings,
-                |p, key| {
-                    *p.lookups.borrow_mut().entry(key.netns).or_default() += 1;
-                    Some(&p.slot)
-                },
-                |p, key, _| {
-                    let looked_up = p.lookups.borrow().get(&key.netns).copied().unwrap_or(0);
-                    p.taken.push((key.netns, looked_up));
+                |a| &a.tracker,
+                |a, key, mut counters| {
+                    counters.outcomes[0] += 1;
+                    // Inserting (and growing the table) while later groups are in their stages.
+                    assert!(a.tracker.observe(key, counters).is_some());
+                    a.taken.push(key.netns);
                 },
             );
-            let expected: Vec<_> = (0..n as u32).map(|i| (i, STAGES.len())).collect();
-            assert_eq!(probe.taken, expected, "{n} readings");
+            assert_eq!(
+                agent.taken,
+                (0..n as u32).collect::<Vec<_>>(),
+                "{n} readings"
+            );
+            assert_eq!(agent.tracker.len(), n);
         }
     }
 

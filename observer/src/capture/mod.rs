@@ -2,6 +2,7 @@
 
 pub mod btf;
 pub mod dns;
+pub mod flow_table;
 pub mod loader;
 pub mod preexisting;
 pub mod tracker;

@@ -5,14 +5,13 @@
 //! never counted twice, and a flow whose hint was lost is still counted by the next scan.
 //!
 //! Each flow's entry also holds what the caller keeps per flow (the agent: its flow cache slot),
-//! so that a reading costs one hash lookup in all: with tens of thousands of flows each lookup
-//! is a wait for main memory.
-
-use std::collections::{HashMap, hash_map::Entry};
+//! so that a reading costs one lookup in all: with tens of thousands of flows each lookup is a
+//! wait for main memory, which the table lets a batch of readings start early
+//! ([`super::flow_table`]).
 
 use observer_common::{FlowCounters, FlowKey, Outcome};
 
-use crate::fasthash::FastHash;
+use super::flow_table::FlowTable;
 
 /// What was last reported for one flow, and what the caller keeps with it.
 #[derive(Debug)]
@@ -39,14 +38,13 @@ impl Delta {
 
 /// The flows read so far; `S` is what the caller keeps per flow (`S::default()` for a new one).
 pub struct Tracker<S = ()> {
-    /// Keyed with a fast hash: this is looked up for every reading of every flow.
-    reported: HashMap<FlowKey, Reported<S>, FastHash>,
+    reported: FlowTable<Reported<S>>,
 }
 
 impl<S> Default for Tracker<S> {
     fn default() -> Self {
         Tracker {
-            reported: HashMap::default(),
+            reported: FlowTable::default(),
         }
     }
 }
@@ -55,15 +53,12 @@ impl<S: Default> Tracker<S> {
     /// Records a reading of `key` and returns its delta, or `None` when nothing changed; with
     /// the delta, the flow's state.
     pub fn observe(&mut self, key: FlowKey, counters: FlowCounters) -> Option<(Delta, &mut S)> {
-        // One hash lookup per reading, whether the flow is new or known.
-        let reported = match self.reported.entry(key) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(Reported {
-                outcomes: [0; Outcome::COUNT],
-                last_seen_ns: 0,
-                state: S::default(),
-            }),
-        };
+        // One lookup per reading, whether the flow is new or known.
+        let reported = self.reported.get_or_insert_with(key, || Reported {
+            outcomes: [0; Outcome::COUNT],
+            last_seen_ns: 0,
+            state: S::default(),
+        });
         let previous = std::mem::replace(&mut reported.outcomes, counters.outcomes);
         reported.last_seen_ns = counters.last_seen_ns;
         let mut outcomes = [0u64; Outcome::COUNT];
@@ -87,10 +82,26 @@ impl<S: Default> Tracker<S> {
         self.reported.get_mut(key).map(|r| &mut r.state)
     }
 
-    /// [`state`](Self::state), read-only: for looking a batch of readings up ahead of taking
-    /// them (see [`crate::flowcache::Slot::prefetch`]).
-    pub fn peek(&self, key: &FlowKey) -> Option<&S> {
-        self.reported.get(key).map(|r| &r.state)
+    // Looking a batch of readings up ahead of taking them, in stages (see
+    // [`crate::run::look_ahead`]): the hash, then the bucket, then the entry, then its state.
+
+    pub fn hash(&self, key: &FlowKey) -> u64 {
+        self.reported.hash(key)
+    }
+
+    /// Starts loading the first index bucket of the flow whose key hashes to `hash`.
+    pub fn prefetch_bucket(&self, hash: u64) {
+        self.reported.prefetch_bucket(hash);
+    }
+
+    /// Starts loading the flow's entry (its bucket loaded a stage before).
+    pub fn prefetch_entry(&self, hash: u64) {
+        self.reported.prefetch_entry(hash);
+    }
+
+    /// The state of a flow read before, read-only, `hash` being its key's [`hash`](Self::hash).
+    pub fn peek(&self, hash: u64, key: &FlowKey) -> Option<&S> {
+        self.reported.get_hashed(hash, key).map(|r| &r.state)
     }
 
     /// Flows whose latest connection is older than `idle_before_ns` (kernel monotonic time) and
