@@ -208,14 +208,15 @@ impl<V> FlowTable<V> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashMap;
 
     use proptest::prelude::*;
 
     use super::*;
 
-    fn key(n: u16) -> FlowKey {
+    /// A flow key for tests: `n` tells it apart.
+    pub(crate) fn key(n: u16) -> FlowKey {
         FlowKey {
             cgroup_id: u64::from(n % 7),
             netns: 1,

@@ -131,18 +131,7 @@ impl<S: Default> Tracker<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn key(port: u16) -> FlowKey {
-        FlowKey {
-            cgroup_id: 0,
-            netns: 1,
-            server_port: port,
-            family: 4,
-            direction: 1,
-            local_addr: [0; 16],
-            remote_addr: [0; 16],
-        }
-    }
+    use crate::capture::flow_table::tests::key;
 
     fn counters(established: u64, refused: u64, last_seen_ns: u64) -> FlowCounters {
         let mut c = FlowCounters {

@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// The agent binary to measure instead of the one this command builds (to compare builds).
     #[arg(long)]
     observer_bin: Option<PathBuf>,
+    /// Measure nothing: write BENCHMARKS.md again from the report.json of a full run (after
+    /// a change to the notes or to how the report reads).
+    #[arg(long, value_name = "REPORT_JSON")]
+    rewrite_from: Option<PathBuf>,
 }
 
 /// Pods on the node in the pipeline benchmark: Kubernetes' default `--max-pods`.
@@ -105,6 +109,9 @@ fn machine() -> Value {
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
+    if let Some(path) = &args.rewrite_from {
+        return rewrite_markdown(path);
+    }
     if !super::is_root() {
         bail!("the benchmark loads BPF programs and creates network namespaces: run it as root");
     }
@@ -285,5 +292,45 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     println!("{md}");
     eprintln!("[bench] report: {}", out_dir.join("report.json").display());
+    Ok(())
+}
+
+/// BENCHMARKS.md from the report of a full run, with the targets judged again.
+fn rewrite_markdown(path: &std::path::Path) -> Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the report {}", path.display()))?;
+    let mut report: Value = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a report.json of `cargo xtask bench`",
+            path.display()
+        )
+    })?;
+    if report["mode"] != "full" {
+        bail!(
+            "{} is the report of a {} run: only a full run's report makes BENCHMARKS.md",
+            path.display(),
+            report["mode"]
+        );
+    }
+    let scenarios = [
+        "connection_cost",
+        "kernel_program",
+        "pipeline",
+        "memory",
+        "exactness",
+        "latency",
+    ];
+    if let Some(missing) = scenarios.iter().find(|s| report[**s].is_null()) {
+        bail!(
+            "{} has no {missing} scenario (a run with --only): BENCHMARKS.md needs every one",
+            path.display()
+        );
+    }
+    report["targets"] = report::targets(&report);
+    std::fs::write(
+        super::root().join("BENCHMARKS.md"),
+        report::markdown(&report),
+    )?;
+    eprintln!("[bench] BENCHMARKS.md rewritten from {}", path.display());
     Ok(())
 }
