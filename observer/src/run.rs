@@ -357,14 +357,13 @@ impl Agent {
         self.hints.clear();
         let n = self.capture.drain_hints(&mut self.hints);
         self.health.metrics.new_flow_hints.inc_by(n as u64);
-        let hints = std::mem::take(&mut self.hints);
-        let (epoch, now) = (self.epoch(), std::time::Instant::now());
-        for key in &hints {
-            if let Some(counters) = self.capture.read(key) {
-                self.observe(*key, counters, epoch, now);
-            }
-        }
-        self.hints = hints;
+        // Taken like a scan's readings: a burst of new flows is as many misses.
+        let readings: Vec<_> = self
+            .hints
+            .iter()
+            .filter_map(|key| Some((*key, self.capture.read(key)?)))
+            .collect();
+        self.observe_batch(&readings);
 
         let losses = self.capture.losses();
         for (i, &total) in losses.iter().enumerate() {

@@ -154,7 +154,9 @@ impl<V> FlowTable<V> {
     /// Inserts a key that is not in the table; its position in `entries`.
     fn insert_new(&mut self, hash: u64, key: FlowKey, value: V) -> usize {
         if (self.entries.len() + self.deleted + 1) * 2 > self.index.len() {
-            self.rebuild((self.entries.len() + 1) * 4);
+            // Twice the buckets when growing (a quarter in use after), room for as many
+            // inserts again after removals.
+            self.rebuild((self.entries.len() + 1) * 3);
         }
         let p = self.entries.len();
         self.entries.push(Entry { key, value });
