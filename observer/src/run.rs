@@ -415,9 +415,15 @@ impl Agent {
                 .mono_now_ns()
                 .saturating_sub(self.opts.idle_timeout.as_nanos() as u64);
             let idle = self.tracker.idle(idle_before);
+            // What the kernel counted after this scan's reading comes back with the delete
+            // and is reported before the flow is forgotten; the kernel re-creates the entry
+            // if the flow returns.
+            let last: Vec<_> = idle
+                .iter()
+                .filter_map(|key| Some((*key, self.capture.take(key)?)))
+                .collect();
+            self.observe_batch(&last);
             for key in &idle {
-                // Reported in full above; the kernel re-creates the entry if the flow returns.
-                self.capture.delete(key);
                 self.tracker.forget(key);
             }
             self.health

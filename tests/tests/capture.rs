@@ -496,3 +496,35 @@ fn a_new_flow_is_logged_from_its_hint_before_any_flush() {
         "no full scan happened"
     );
 }
+
+#[test]
+fn deleting_idle_flows_during_a_storm_loses_no_count() {
+    let lab = Lab::new(2);
+    let (client, server) = (&lab.hosts[0], &lab.hosts[1]);
+    // Every flow is idle at every scan (1 ns), and a scan comes every 10 ms: the storm's two
+    // flows are deleted from the kernel map over and over while connections keep adding to
+    // them, so some land between the scan's reading and the delete.
+    let mut args = CLUSTER.to_vec();
+    args.extend([
+        "--idle-timeout",
+        "1ns",
+        "--flush-interval",
+        "10ms",
+        "--poll-interval",
+        "5ms",
+    ]);
+    let agent = Agent::start(&args);
+    let _srv = serve(server, "0.0.0.0:8085");
+    let out = peer(
+        client,
+        &["connect", &format!("{}:8085", server.ip4), "10000"],
+    )
+    .0;
+    assert_eq!(out, json!({"established": 10000}));
+    let (c, s) = (client.netns_inode(), server.netns_inode());
+    let deleted = agent.metric("observer_idle_flows_deleted_total");
+    assert!(deleted >= 20.0, "only {deleted} deletions during the storm");
+    let records = agent.stop();
+    assert_eq!(sum(&of_netns(&records, c)), 10_000);
+    assert_eq!(sum(&of_netns(&records, s)), 10_000);
+}

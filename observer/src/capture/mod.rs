@@ -9,7 +9,7 @@ pub mod tracker;
 
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, IterableMap, MapData, PerCpuArray, RingBuf},
 };
 use observer_common::{FlowCounters, FlowKey, NewFlow, loss, names};
 
@@ -111,8 +111,29 @@ impl Capture {
         n
     }
 
-    pub fn delete(&mut self, key: &FlowKey) {
-        let _ = self.flows.remove(key); // already gone is fine: nothing else deletes
+    /// Deletes a flow's entry and returns its value as of the delete. The kernel may count a
+    /// connection after the scan that found the flow idle; read and delete as one step, that
+    /// count is in the value returned instead of lost with the entry. `None`: already gone.
+    /// What stays open is the kernel program's own step from its lookup to its add, a few
+    /// instructions: an add landing there, while this runs on another CPU, goes to the
+    /// deleted entry.
+    pub fn take(&mut self, key: &FlowKey) -> Option<FlowCounters> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let fd = self.flows.map().fd().as_fd().as_raw_fd();
+        match lookup_and_delete(fd, key) {
+            Ok(value) => value,
+            // Hash maps take BPF_MAP_LOOKUP_AND_DELETE_ELEM since Linux 5.14; before that, a
+            // read then a delete, with the window between them open.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                let value = self.flows.get(key, 0).ok();
+                let _ = self.flows.remove(key);
+                value
+            }
+            Err(e) => {
+                tracing::warn!("deleting an idle flow failed: {e}");
+                None
+            }
+        }
     }
 
     /// The kernel's loss counters, summed over CPUs, indexed by `observer_common::loss`.
@@ -159,6 +180,48 @@ impl ProgramStats {
 impl Capture {
     pub fn program_stats(&self) -> ProgramStats {
         ProgramStats::parse(&std::fs::read_to_string(&self.fdinfo).unwrap_or_default())
+    }
+}
+
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` on the flow map, which aya offers only for queues and
+/// stacks. `Ok(None)`: no such entry.
+fn lookup_and_delete(map_fd: i32, key: &FlowKey) -> std::io::Result<Option<FlowCounters>> {
+    /// The `union bpf_attr` member of the map element commands (uapi `linux/bpf.h`).
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    let mut value = FlowCounters::default();
+    let attr = ElemAttr {
+        map_fd: map_fd as u32,
+        _pad: 0,
+        key: key as *const FlowKey as u64,
+        value: &mut value as *mut FlowCounters as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` points at a key and a value of the map's own key and value types (the
+    // map was created with their sizes), both alive for the call; the kernel writes only
+    // `value`, whose every bit pattern is valid (integers only).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            &attr as *const ElemAttr,
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    if rc == 0 {
+        return Ok(Some(value));
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => Ok(None),
+        _ => Err(e),
     }
 }
 
