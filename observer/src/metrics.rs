@@ -447,7 +447,7 @@ impl Metrics {
         );
         r.register(
             "idle_flows_deleted",
-            "Idle flows removed from the kernel flow map after being reported",
+            "Idle flows (TCP flows and DNS query flows) removed from the kernel maps after being reported",
             m.idle_flows_deleted.clone(),
         );
         r.register(

@@ -713,8 +713,17 @@ impl Agent {
                     records.push((key, delta.outcomes, counters));
                 }
             }
-            for key in dns.queries.idle(idle_before) {
-                capture.delete_query(&key);
+            let idle = dns.queries.idle(idle_before);
+            self.health
+                .metrics
+                .idle_flows_deleted
+                .inc_by(idle.len() as u64);
+            for key in idle {
+                // A query counted after this scan's reading comes back with the delete.
+                let last = capture.take_query(&key);
+                if let Some((delta, ())) = last.and_then(|last| dns.queries.observe(key, last)) {
+                    records.push((key, delta.outcomes, delta.counters));
+                }
                 dns.queries.forget(&key);
             }
         }

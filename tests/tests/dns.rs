@@ -602,3 +602,60 @@ fn an_answer_received_over_ipv6_names_the_ipv6_flow() {
         "{records:#?}"
     );
 }
+
+/// Query flows deleted as idle while a pod keeps querying: what the kernel counted after the
+/// scan that found a flow idle comes back with its delete, so no query goes unreported.
+#[test]
+fn deleting_idle_query_flows_during_lookups_loses_no_query() {
+    let lab = Lab::new(2);
+    let (pod, resolver) = (&lab.hosts[0], &lab.hosts[1]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = NameServer::start(
+        resolver,
+        dir.path(),
+        &[format!(
+            "--host-record=svc.example.net,{},300",
+            resolver.ip4
+        )],
+    );
+    let _conf = ResolvConf::write(pod, resolver.ip4, "");
+    let hosts = dir.path().join("hosts");
+    fs::write(&hosts, "").expect("hosts file");
+    // Every flow is idle at every scan (1 ns), and a scan comes every 10 ms.
+    let agent = Agent::start(&[
+        "--no-kubernetes",
+        "--hosts-file",
+        &hosts.display().to_string(),
+        "--idle-timeout",
+        "1ns",
+        "--flush-interval",
+        "10ms",
+        "--poll-interval",
+        "5ms",
+    ]);
+    let (out, _) = peer(pod, &["lookups", "svc.example.net", "3000"]);
+    assert_eq!(out, json!({"resolved": 3000}));
+    // getaddrinfo asks for A and AAAA.
+    let sent = server.queries_from(pod.ip4);
+    assert_eq!(sent, 6000);
+    let p = pod.netns_inode();
+    agent.wait_for(SETTLE, "the queries", |rs| {
+        udp_queries(&of_netns(rs, p), resolver.ip4) + 1 >= sent
+    });
+    // The lookups take most of a second: the flow was deleted and re-created all along.
+    let deleted = agent.metric("observer_idle_flows_deleted_total");
+    assert!(
+        deleted >= 20.0,
+        "only {deleted} deletions during the lookups"
+    );
+    let records = agent.stop();
+    let counted = udp_queries(&of_netns(&records, p), resolver.ip4);
+    // Reading, then deleting in a second step, lost 13 to 22 of these 6,000 queries. What is
+    // left is the cgroup program's own step from its lookup of the entry to its add: it runs
+    // preemptibly, and a query whose program is preempted there while the entry is deleted
+    // goes to the deleted entry (README, known limitations); about one run in fifteen here.
+    assert!(
+        counted <= sent && sent - counted <= 1,
+        "{counted} of {sent} queries counted"
+    );
+}

@@ -99,8 +99,10 @@ impl DnsCapture {
         n
     }
 
-    pub fn delete_query(&mut self, key: &FlowKey) {
-        let _ = self.queries.remove(key); // already gone is fine: nothing else deletes
+    /// Deletes a query flow's entry and returns its value as of the delete
+    /// ([`super::take_entry`]).
+    pub fn take_query(&mut self, key: &FlowKey) -> Option<FlowCounters> {
+        super::take_entry(&mut self.queries, key)
     }
 }
 

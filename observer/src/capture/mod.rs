@@ -111,29 +111,9 @@ impl Capture {
         n
     }
 
-    /// Deletes a flow's entry and returns its value as of the delete. The kernel may count a
-    /// connection after the scan that found the flow idle; read and delete as one step, that
-    /// count is in the value returned instead of lost with the entry. `None`: already gone.
-    /// What stays open is the kernel program's own step from its lookup to its add, a few
-    /// instructions: an add landing there, while this runs on another CPU, goes to the
-    /// deleted entry.
+    /// Deletes a flow's entry and returns its value as of the delete ([`take_entry`]).
     pub fn take(&mut self, key: &FlowKey) -> Option<FlowCounters> {
-        use std::os::fd::{AsFd, AsRawFd};
-        let fd = self.flows.map().fd().as_fd().as_raw_fd();
-        match lookup_and_delete(fd, key) {
-            Ok(value) => value,
-            // Hash maps take BPF_MAP_LOOKUP_AND_DELETE_ELEM since Linux 5.14; before that, a
-            // read then a delete, with the window between them open.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                let value = self.flows.get(key, 0).ok();
-                let _ = self.flows.remove(key);
-                value
-            }
-            Err(e) => {
-                tracing::warn!("deleting an idle flow failed: {e}");
-                None
-            }
-        }
+        take_entry(&mut self.flows, key)
     }
 
     /// The kernel's loss counters, summed over CPUs, indexed by `observer_common::loss`.
@@ -183,8 +163,36 @@ impl Capture {
     }
 }
 
-/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` on the flow map, which aya offers only for queues and
-/// stacks. `Ok(None)`: no such entry.
+/// Deletes a flow's entry from a flow map and returns its value as of the delete. The kernel
+/// may count a connection after the scan that found the flow idle; read and delete as one
+/// step, that count is in the value returned instead of lost with the entry. `None`: already
+/// gone. What stays open is the kernel program's own step from its lookup to its add, a few
+/// instructions: an add landing there, while this runs on another CPU, goes to the deleted
+/// entry.
+fn take_entry(
+    map: &mut BpfHashMap<MapData, FlowKey, FlowCounters>,
+    key: &FlowKey,
+) -> Option<FlowCounters> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let fd = map.map().fd().as_fd().as_raw_fd();
+    match lookup_and_delete(fd, key) {
+        Ok(value) => value,
+        // Hash maps take BPF_MAP_LOOKUP_AND_DELETE_ELEM since Linux 5.14; before that, a read
+        // then a delete, with the window between them open.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let value = map.get(key, 0).ok();
+            let _ = map.remove(key);
+            value
+        }
+        Err(e) => {
+            tracing::warn!("deleting an idle flow failed: {e}");
+            None
+        }
+    }
+}
+
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` on a flow map, which aya offers only for queues and stacks.
+/// `Ok(None)`: no such entry.
 fn lookup_and_delete(map_fd: i32, key: &FlowKey) -> std::io::Result<Option<FlowCounters>> {
     /// The `union bpf_attr` member of the map element commands (uapi `linux/bpf.h`).
     #[repr(C)]
