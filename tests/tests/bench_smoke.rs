@@ -78,6 +78,23 @@ fn bench_smoke_mode_produces_a_complete_report() {
     ] {
         assert!(k[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {k}");
     }
+    // Each kind in its windows, every window with runs; own time is a median of differences.
+    let windows = k["windows_per_kind"].as_u64().expect("windows_per_kind");
+    assert!(windows >= 3, "{k}");
+    for kind in ["recording_new_flow", "recording_existing_flow", "filtered"] {
+        let ws = k[format!("{kind}_windows")].as_array().expect(kind);
+        assert_eq!(ws.len() as u64, windows, "{kind}: {k}");
+        assert!(
+            ws.iter().all(|w| w["runs"].as_u64() > Some(0)),
+            "{kind}: {k}"
+        );
+        let runs: u64 = ws.iter().filter_map(|w| w["runs"].as_u64()).sum();
+        assert_eq!(k[format!("{kind}_runs")].as_u64(), Some(runs), "{kind}");
+        assert!(
+            k[format!("{kind}_own_ns_per_run")].as_f64().is_some(),
+            "{kind}"
+        );
+    }
     // Both variants: the node's 110 pods local, and every pod local. The smoke run reads fewer
     // events than there are flows, so every event is a flow's first reading (the full path).
     let p = &r["pipeline"];

@@ -4,10 +4,15 @@ use std::fmt::Write;
 
 use serde_json::{Value, json};
 
-/// The kernel program's own time per run of one kind: its statistics less those of the no-op
-/// program on the same runs.
+/// The kernel program's own time per run of one kind: the median over its windows of its
+/// statistics less those of the no-op program on the same runs (reports from before windows:
+/// the one window's difference).
 fn own_ns(kernel: &Value, kind: &str) -> f64 {
-    f(&kernel[format!("{kind}_ns_per_run")]) - f(&kernel[format!("{kind}_noop_ns_per_run")])
+    kernel[format!("{kind}_own_ns_per_run")]
+        .as_f64()
+        .unwrap_or_else(|| {
+            f(&kernel[format!("{kind}_ns_per_run")]) - f(&kernel[format!("{kind}_noop_ns_per_run")])
+        })
 }
 
 /// An own time as the targets' table gives it: below zero, the program and the no-op were not
@@ -256,6 +261,26 @@ pub fn markdown(r: &Value) -> String {
         f(&k["dns_filter_ns_per_packet"]),
         k["dns_filter_packets"]
     );
+    if let Some(n) = k["windows_per_kind"].as_u64() {
+        let own_per_window = |kind: &str| {
+            k[format!("{kind}_windows")]
+                .as_array()
+                .map(|ws| {
+                    ws.iter()
+                        .map(|w| format!("{:.0}", f(&w["ns_per_run"]) - f(&w["noop_ns_per_run"])))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default()
+        };
+        let _ = writeln!(
+            s,
+            "Each kind of run is measured in {n} windows, one after the other; the columns are medians over them, and the program's own time is the median of the windows' differences. The statistics give one sum per window, so a single stall inside one run (an interrupt, a preemption) moves that window's mean, not the median. Own time per window, in order: new flow {}; existing flow {}; filtered {} ns.\n",
+            own_per_window("recording_new_flow"),
+            own_per_window("recording_existing_flow"),
+            own_per_window("filtered"),
+        );
+    }
     let p = &r["pipeline"];
     let all = &p["all_pods_local"];
     let runs = |v: &Value| {

@@ -251,31 +251,81 @@ impl Window {
         })
     }
 
-    /// Per run over the window: (agent's ns, its runs, no-op's ns on the same runs).
-    fn end(self, pid: u32, noop: &NoopProbe) -> Result<(f64, u64, f64)> {
+    fn end(self, pid: u32, noop: &NoopProbe) -> Result<Measured> {
         let (agent_ns, runs) = per_run(self.agent, program_stats(pid)?);
         let (noop_ns, _) = per_run(self.noop, noop.stats()?);
-        Ok((agent_ns, runs, noop_ns))
+        Ok(Measured {
+            agent_ns,
+            noop_ns,
+            runs,
+        })
     }
+}
+
+/// One window's per-run figures: the agent's program, the no-op on the same runs, and how many.
+struct Measured {
+    agent_ns: f64,
+    noop_ns: f64,
+    runs: u64,
+}
+
+/// Windows per kind of run. The statistics give a sum over a window, so one stall (an
+/// interrupt, a preemption, a VM exit) inside one run moves that window's mean by tens of ns;
+/// the median of several windows is not moved by one such window.
+const KERNEL_WINDOWS: u64 = 5;
+
+/// A kind of run's windows as report fields under `kind`: the medians of the statistics' and
+/// the no-op's per-run times, the median of their per-window differences (the program's own
+/// time), the runs in all, and every window.
+fn kernel_fields(out: &mut serde_json::Map<String, Value>, kind: &str, windows: &[Measured]) {
+    let of = |f: &dyn Fn(&Measured) -> f64| median(&windows.iter().map(f).collect::<Vec<_>>());
+    out.insert(format!("{kind}_ns_per_run"), json!(of(&|w| w.agent_ns)));
+    out.insert(format!("{kind}_noop_ns_per_run"), json!(of(&|w| w.noop_ns)));
+    out.insert(
+        format!("{kind}_own_ns_per_run"),
+        json!(of(&|w| w.agent_ns - w.noop_ns)),
+    );
+    out.insert(
+        format!("{kind}_runs"),
+        json!(windows.iter().map(|w| w.runs).sum::<u64>()),
+    );
+    out.insert(
+        format!("{kind}_windows"),
+        windows
+            .iter()
+            .map(
+                |w| json!({"ns_per_run": w.agent_ns, "noop_ns_per_run": w.noop_ns, "runs": w.runs}),
+            )
+            .collect(),
+    );
 }
 
 /// The kernel program's run time (BPF statistics), per kind of run, beside that of a program
 /// that does nothing on the same hook and runs (the hook's dispatch and the statistics' own
-/// clock reads): the difference is the program's own. Also the agent's idle wake-ups.
+/// clock reads): the difference is the program's own. Each kind is measured in
+/// [`KERNEL_WINDOWS`] windows. Also the agent's idle wake-ups.
 pub fn kernel_program(ctx: &Ctx) -> Result<Value> {
     let _stats = Sysctl::set("kernel.bpf_stats_enabled", "1")?;
-    // Established before the agent starts: their close transitions are all filtered runs.
-    let mut cmd = ctx
-        .lab
-        .cmd(&ctx.lab.client, &ctx.storm.display().to_string());
-    cmd.args(["hold", &ctx.targets(1), &ctx.sizes.held.to_string(), "300"])
-        .stdout(Stdio::piped());
-    cmd.stdin(Stdio::piped());
-    let mut hold = Proc::spawn_piped(cmd)?;
-    let mut hold_out = BufReader::new(hold.0.stdout.take().context("stdout")?);
-    let mut line = String::new();
-    hold_out.read_line(&mut line)?;
-    let holding: Value = serde_json::from_str(line.trim()).context("hold output")?;
+    // Established before the agent starts, a holder per window: their close transitions are
+    // all filtered runs.
+    let per_hold = (ctx.sizes.held / KERNEL_WINDOWS).max(1);
+    let mut holds = Vec::new();
+    let mut holding = 0;
+    for _ in 0..KERNEL_WINDOWS {
+        let mut cmd = ctx
+            .lab
+            .cmd(&ctx.lab.client, &ctx.storm.display().to_string());
+        cmd.args(["hold", &ctx.targets(1), &per_hold.to_string(), "300"])
+            .stdout(Stdio::piped());
+        cmd.stdin(Stdio::piped());
+        let mut hold = Proc::spawn_piped(cmd)?;
+        let mut out = BufReader::new(hold.0.stdout.take().context("stdout")?);
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        let v: Value = serde_json::from_str(line.trim()).context("hold output")?;
+        holding += v["holding"].as_u64().unwrap_or(0);
+        holds.push((hold, out));
+    }
 
     let agent = Agent::start(&ctx.agent, "kernel")?;
     let pid = agent.pid;
@@ -284,54 +334,64 @@ pub fn kernel_program(ctx: &Ctx) -> Result<Value> {
     let (_, idle_wakeups) = idle0.until(&ProcSample::take(pid));
     let noop = NoopProbe::attach("inet_sock_set_state")?;
 
-    let n = ctx.sizes.kernel_count.to_string();
-    let w = Window::start(pid, &noop)?;
-    let refused = ctx.storm(&["refuse", &format!("{}.10", ctx.lab.net), "20000", &n, "30"])?;
-    let (new_ns, new_runs, new_noop_ns) = w.end(pid, &noop)?;
+    let per_window = (ctx.sizes.kernel_count / KERNEL_WINDOWS).max(1);
+    let n = per_window.to_string();
+    let (mut new, mut existing, mut filtered) = (Vec::new(), Vec::new(), Vec::new());
+    let mut refused = 0;
+    // Summed over the existing-flow windows: (ns, packets).
+    let mut dns_filter = (0.0, 0);
+    for i in 0..KERNEL_WINDOWS {
+        // Distinct ports in every window: each connect is a flow's first.
+        let from = (20_000 + i * per_window).to_string();
+        let w = Window::start(pid, &noop)?;
+        let v = ctx.storm(&["refuse", &format!("{}.10", ctx.lab.net), &from, &n, "30"])?;
+        new.push(w.end(pid, &noop)?);
+        refused += v["refused"].as_u64().unwrap_or(0);
 
-    let (w, d0) = (Window::start(pid, &noop)?, dns_program_stats(pid)?);
-    ctx.storm(&[
-        "connect",
-        &format!("{}.10:9", ctx.lab.net),
-        &n,
-        "30",
-        "1",
-        "rst",
-    ])?;
-    let (existing_ns, existing_runs, existing_noop_ns) = w.end(pid, &noop)?;
-    // Every packet of that storm (none of them DNS) ran one of the DNS programs' filters.
-    let (dns_filter_ns, dns_filter_runs) = per_run(d0, dns_program_stats(pid)?);
-
-    let w = Window::start(pid, &noop)?;
-    hold.0
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(b"close\n")?;
-    line.clear();
-    hold_out.read_line(&mut line)?;
-    let _ = hold.0.wait();
-    // The server's side closes when it reads the FIN.
-    std::thread::sleep(Duration::from_millis(1500));
-    let (filtered_ns, filtered_runs, filtered_noop_ns) = w.end(pid, &noop)?;
+        let (w, d0) = (Window::start(pid, &noop)?, dns_program_stats(pid)?);
+        ctx.storm(&[
+            "connect",
+            &format!("{}.10:9", ctx.lab.net),
+            &n,
+            "30",
+            "1",
+            "rst",
+        ])?;
+        existing.push(w.end(pid, &noop)?);
+        // Every packet of that storm (none of them DNS) ran one of the DNS programs' filters.
+        let (ns, packets) = per_run(d0, dns_program_stats(pid)?);
+        dns_filter = (dns_filter.0 + ns * packets as f64, dns_filter.1 + packets);
+    }
+    for (mut hold, mut out) in holds {
+        let w = Window::start(pid, &noop)?;
+        hold.0
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(b"close\n")?;
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        let _ = hold.0.wait();
+        // The server's side closes when it reads the FIN.
+        std::thread::sleep(Duration::from_millis(1000));
+        filtered.push(w.end(pid, &noop)?);
+    }
     drop(noop);
     agent.stop()?;
-    Ok(json!({
-        "recording_new_flow_ns_per_run": new_ns,
-        "recording_new_flow_noop_ns_per_run": new_noop_ns,
-        "recording_new_flow_runs": new_runs,
-        "recording_new_flow_connects": refused["refused"],
-        "recording_existing_flow_ns_per_run": existing_ns,
-        "recording_existing_flow_noop_ns_per_run": existing_noop_ns,
-        "recording_existing_flow_runs": existing_runs,
-        "filtered_ns_per_run": filtered_ns,
-        "filtered_noop_ns_per_run": filtered_noop_ns,
-        "filtered_runs": filtered_runs,
-        "filtered_connections_closed": holding["holding"],
-        "dns_filter_ns_per_packet": dns_filter_ns,
-        "dns_filter_packets": dns_filter_runs,
-        "agent_idle_wakeups_per_second": idle_wakeups,
-    }))
+    let mut out = serde_json::Map::new();
+    kernel_fields(&mut out, "recording_new_flow", &new);
+    kernel_fields(&mut out, "recording_existing_flow", &existing);
+    kernel_fields(&mut out, "filtered", &filtered);
+    out.insert("windows_per_kind".into(), json!(KERNEL_WINDOWS));
+    out.insert("recording_new_flow_connects".into(), json!(refused));
+    out.insert("filtered_connections_closed".into(), json!(holding));
+    out.insert(
+        "dns_filter_ns_per_packet".into(),
+        json!(dns_filter.0 / dns_filter.1.max(1) as f64),
+    );
+    out.insert("dns_filter_packets".into(), json!(dns_filter.1));
+    out.insert("agent_idle_wakeups_per_second".into(), json!(idle_wakeups));
+    Ok(Value::Object(out))
 }
 
 fn sample(metrics: &[(String, f64)], prefix: &str) -> f64 {
