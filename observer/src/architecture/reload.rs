@@ -72,6 +72,8 @@ pub struct ReloadStats {
     pub failures: AtomicU64,
     /// Set once the directory watch is in place; reloads on change work from then on.
     pub watching: AtomicBool,
+    /// Times the file was read and parsed (once per trigger, changed or not).
+    pub reads: AtomicU64,
     last_failure_message: Mutex<Option<String>>,
 }
 
@@ -135,8 +137,14 @@ fn watch_directory(
         _ => PathBuf::from("."),
     };
     let handler = move |event: notify::Result<notify::Event>| {
-        if let Err(e) = &event {
-            tracing::warn!(error = %e, "architecture directory watch reported an error; re-reading the file");
+        match &event {
+            Err(e) => {
+                tracing::warn!(error = %e, "architecture directory watch reported an error; re-reading the file")
+            }
+            // Opening and closing a file unwritten changes nothing, and the check itself opens
+            // the file: taken as changes, they re-read it every SETTLE for ever.
+            Ok(e) if e.kind.is_access() => return,
+            Ok(_) => {}
         }
         // A closed channel means the watch task has ended; there is nobody left to tell.
         let _ = tx.send(());
@@ -191,6 +199,7 @@ struct Reloader {
 
 impl Reloader {
     fn check(&mut self, trigger: &str) {
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
         let current = self.handle.current();
         match Architecture::load(&self.path) {
             Ok(model) if model.hash() == current.hash() => {
@@ -318,6 +327,26 @@ mod tests {
         tokio::time::sleep(SETTLE * 4).await;
         assert_eq!(stats.successes.load(Ordering::Relaxed), 1);
         assert_eq!(handle.current().name(), "two");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn reading_the_file_does_not_trigger_another_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trackunit.yaml");
+        fs::write(&path, GOOD).unwrap();
+        let (_handle, stats, task) = start(&path).await;
+        // The check at start opens the file; that open is an event in the watched directory.
+        tokio::time::sleep(SETTLE * 10).await;
+        assert_eq!(
+            stats.reads.load(Ordering::Relaxed),
+            1,
+            "only the check at start"
+        );
+        // Someone else reading it changes nothing either.
+        let _ = fs::read(&path).unwrap();
+        tokio::time::sleep(SETTLE * 4).await;
+        assert_eq!(stats.reads.load(Ordering::Relaxed), 1);
         task.abort();
     }
 
