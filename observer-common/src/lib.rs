@@ -123,51 +123,56 @@ impl FlowCounters {
     }
 }
 
-/// Value of the per-socket map, keyed by the socket's kernel address: the connecting task at
-/// CLOSE -> SYN_SENT, which runs in its context, kept until the handshake ends. Only kept for a
-/// connect whose flow did not exist yet: the task is recorded once per flow, at its creation.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct ConnectStart {
-    pub pid_tgid: u64,
-    pub comm: [u8; 16],
-}
-
-/// Ring-buffer record announcing a flow the kernel has just created in the flow map. It is a
-/// hint that lets the agent log a new flow within a second; the map stays the truth.
+/// Ring-buffer record of a flow the kernel's flow map does not hold (yet): the kernel program
+/// never creates flow entries itself while the ring has room (an insert into the map costs
+/// several times a ring record); the agent drains the ring and creates the entries.
+/// - [`FlowEvent::START`]: a connect to such a flow started (CLOSE -> SYN_SENT, in the
+///   connecting task): its task, which the handshake's end (in softirq) no longer knows;
+/// - an [`Outcome`] as `u32`: one connection of the flow with that outcome, counted here and
+///   nowhere else.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NewFlow {
+pub struct FlowEvent {
     pub key: FlowKey,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the event.
+    pub time_ns: u64,
+    /// The connecting task for a start; zero otherwise.
+    pub pid_tgid: u64,
+    pub comm: [u8; 16],
+    /// [`FlowEvent::START`] or an [`Outcome`].
+    pub kind: u32,
+    pub _pad: u32,
+}
+
+impl FlowEvent {
+    pub const START: u32 = u32::MAX;
 }
 
 /// Indices of the kernel's per-CPU loss counters (`LOSSES` map). Every way a count or a detail
 /// can be lost in the kernel has one.
 pub mod loss {
-    /// A ring-buffer reservation failed: a new-flow hint was lost (counts are not; the agent rescans).
+    /// A ring-buffer reservation failed: the kernel program kept the event in the flow map
+    /// itself instead (no count is lost; a start's task may be), and the agent rescans the map.
     pub const RING_FULL: u32 = 0;
-    /// Inserting a new flow failed: the connection's count is lost and counted here instead.
+    /// The ring was full and inserting the flow into the map failed too: the connection's count
+    /// is lost and counted here instead.
     pub const FLOW_MAP_FULL: u32 = 1;
-    /// Inserting a per-socket entry failed (only connects to a flow that does not exist yet make
-    /// one): the connection is still counted, without its process.
-    pub const SOCKET_MAP_FULL: u32 = 2;
     /// Reading the socket failed (`bpf_probe_read_kernel`): the connection is not counted.
-    pub const SOCKET_READ_FAILED: u32 = 3;
-    /// A handshake ended that creates a flow, and its start was not seen (it began before the
-    /// program was attached, its socket entry was lost, or the flow existed at its start and
-    /// the agent deleted it as idle in between): counted without process; informational, not a
-    /// lost count. Handshakes that add to an existing flow never look for their start.
-    pub const START_NOT_SEEN: u32 = 4;
+    pub const SOCKET_READ_FAILED: u32 = 2;
+    /// A connect created a flow and its start was not seen (it began before the program was
+    /// attached, or its start did not fit in the ring): counted without process;
+    /// informational, not a lost count. Counted by the kernel when it creates the entry itself,
+    /// and by the agent when it does.
+    pub const START_NOT_SEEN: u32 = 3;
     /// A DNS response could not be handed to the agent (its ring was full): the names in it
     /// are lost, so flows to its addresses fall back to the agent's own resolution.
-    pub const DNS_RING_FULL: u32 = 5;
+    pub const DNS_RING_FULL: u32 = 4;
     /// A DNS query could not be counted (its map was full).
-    pub const DNS_QUERY_MAP_FULL: u32 = 6;
-    pub const COUNT: u32 = 7;
+    pub const DNS_QUERY_MAP_FULL: u32 = 5;
+    pub const COUNT: u32 = 6;
     pub const NAMES: [&str; COUNT as usize] = [
         "ring_full",
         "flow_map_full",
-        "socket_map_full",
         "socket_read_failed",
         "start_not_seen",
         "dns_ring_full",
@@ -178,8 +183,7 @@ pub mod loss {
 /// Names of the kernel object's maps and program, shared so the loader cannot drift from them.
 pub mod names {
     pub const FLOWS: &str = "FLOWS";
-    pub const SOCKETS: &str = "SOCKETS";
-    pub const NEW_FLOWS: &str = "NEW_FLOWS";
+    pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
     pub const LOSSES: &str = "LOSSES";
     pub const PROGRAM: &str = "inet_sock_set_state";
     pub const TRACEPOINT: &str = "inet_sock_set_state";

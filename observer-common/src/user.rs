@@ -3,8 +3,7 @@
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::{
-    ConnectStart, DnsOffsets, DnsResponseHead, FAMILY_V4, FlowCounters, FlowKey, NewFlow, Outcome,
-    SockOffsets,
+    DnsOffsets, DnsResponseHead, FAMILY_V4, FlowCounters, FlowEvent, FlowKey, Outcome, SockOffsets,
 };
 
 // SAFETY for the impls below: each type is `#[repr(C)]`, made only of integers and byte
@@ -19,8 +18,7 @@ macro_rules! pod {
 pod!(
     FlowKey,
     FlowCounters,
-    ConnectStart,
-    NewFlow,
+    FlowEvent,
     SockOffsets,
     DnsResponseHead,
     DnsOffsets
@@ -84,8 +82,10 @@ mod tests {
             size_of::<FlowCounters>(),
             8 + 8 + 8 * Outcome::COUNT + 8 + 16
         );
-        assert_eq!(size_of::<ConnectStart>(), 8 + 16);
-        assert_eq!(size_of::<NewFlow>(), size_of::<FlowKey>());
+        assert_eq!(
+            size_of::<FlowEvent>(),
+            size_of::<FlowKey>() + 8 + 8 + 16 + 4 + 4
+        );
         assert_eq!(size_of::<SockOffsets>(), 4 * 16);
         assert_eq!(
             size_of::<DnsResponseHead>(),

@@ -12,8 +12,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use observer_common::{
-    ConnectStart, DIRECTION_ACCEPT, DIRECTION_CONNECT, FAMILY_V4, FAMILY_V6, FlowCounters, FlowKey,
-    NewFlow, Outcome, SOCK_CAST_PLACEHOLDER, SockOffsets, loss, tcp_state,
+    DIRECTION_ACCEPT, DIRECTION_CONNECT, FAMILY_V4, FAMILY_V6, FlowCounters, FlowEvent, FlowKey,
+    Outcome, SOCK_CAST_PLACEHOLDER, SockOffsets, loss, tcp_state,
 };
 
 const AF_INET: u16 = 2;
@@ -45,20 +45,18 @@ static OFFSETS: Global<SockOffsets> = Global::new(SockOffsets {
 
 /// Cumulative counters per flow. A plain hash map, not an LRU one: an LRU evicts silently, while
 /// a failed insert here is counted. Not preallocated, so memory follows the number of live flows;
-/// the agent deletes idle entries. Its size is set by the agent at load time.
+/// the agent deletes idle entries. Its size is set by the agent at load time. The agent creates
+/// the entries (from [`FLOW_EVENTS`]); this program only adds to them, and creates one itself
+/// only when the ring is full.
 #[map]
 static FLOWS: HashMap<FlowKey, FlowCounters> =
     HashMap::with_max_entries(131_072, BPF_F_NO_PREALLOC);
 
-/// The connecting task, per socket (keyed by its address), from CLOSE -> SYN_SENT until the
-/// handshake ends; only for connects whose flow did not exist at their start (the task is
-/// recorded once per flow). Preallocated: it is written and deleted once per such connect.
+/// What happens to flows [`FLOWS`] does not hold: connect starts (with their task) and
+/// connections ([`FlowEvent`]). A ring record costs a fraction of a map insert (which allocates
+/// under a bucket lock); the agent drains the ring on its own timer, without being woken.
 #[map]
-static SOCKETS: HashMap<u64, ConnectStart> = HashMap::with_max_entries(16_384, 0);
-
-/// New-flow announcements for the agent (hints; the flow map is the truth).
-#[map]
-static NEW_FLOWS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 
 /// Per-CPU loss counters, indexed by `observer_common::loss`.
 #[map]
@@ -164,17 +162,29 @@ fn on_connect_start(ctx: &RawTracePointContext, sk: u64) -> Result<(), i32> {
         return Ok(());
     }
     // Most connects add to a flow that exists: nothing to carry to the handshake's end then.
-    if FLOWS.get_ptr(&connect_key(sk, &off)?).is_some() {
+    let key = connect_key(sk, &off)?;
+    if FLOWS.get_ptr(&key).is_some() {
         return Ok(());
     }
-    let start = ConnectStart {
-        pid_tgid: bpf_get_current_pid_tgid(),
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    };
-    if SOCKETS.insert(sk, start, 0).is_err() {
-        // The connection will still be counted when its handshake ends, without its process.
-        count_loss(ctx, loss::SOCKET_MAP_FULL);
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    if emit(&key, now, FlowEvent::START, pid_tgid, comm) {
+        return Ok(());
     }
+    // The ring is full: keep the task in the flow's entry instead, with no connection yet
+    // (the handshake's end adds it). Should that fail too, the end counts the connection
+    // without its task.
+    count_loss(ctx, loss::RING_FULL);
+    let value = FlowCounters {
+        first_seen_ns: now,
+        last_seen_ns: now,
+        outcomes: [0; Outcome::COUNT],
+        pid_tgid,
+        comm,
+    };
+    let _ = FLOWS.insert(&key, &value, BPF_NOEXIST as u64);
     Ok(())
 }
 
@@ -187,16 +197,6 @@ fn on_connect_end(
     if !is_tcp(sk, &off)? {
         return Ok(());
     }
-    // Always looked up (a miss is cheap), and before any read that may fail, so that an entry
-    // is never left behind, even when another connect created the flow during this handshake.
-    let start = match SOCKETS.get_ptr(sk) {
-        // SAFETY: the pointer comes from a successful lookup and is read before the delete.
-        Some(p) => Some(unsafe { *p }),
-        None => None,
-    };
-    if start.is_some() {
-        let _removed = SOCKETS.remove(sk); // only fails if another CPU removed it first
-    }
     let outcome = match outcome {
         Some(o) => o,
         // SYN_SENT -> CLOSE: the kernel has already set sk_err (tcp_reset, tcp_write_err,
@@ -204,7 +204,7 @@ fn on_connect_end(
         None => Outcome::of_failed_connect(read::<i32>(sk, off.sk_err, &off)?),
     };
     let key = connect_key(sk, &off)?;
-    count(ctx, &key, outcome, Started::Connect(start));
+    count(ctx, &key, outcome);
     Ok(())
 }
 
@@ -216,16 +216,8 @@ fn on_accept(ctx: &RawTracePointContext, sk: u64) -> Result<(), i32> {
     let mut key = flow_key(sk, &off)?;
     key.direction = DIRECTION_ACCEPT;
     key.server_port = read::<u16>(sk, off.skc_num, &off)?; // host byte order
-    count(ctx, &key, Outcome::Established, Started::Accept);
+    count(ctx, &key, Outcome::Established);
     Ok(())
-}
-
-/// What is known of the task behind a connection, for a flow's first connection.
-enum Started {
-    /// An active open: its start if it was kept (only when its flow did not exist then).
-    Connect(Option<ConnectStart>),
-    /// A passive open: no task (softirq).
-    Accept,
 }
 
 /// The socket's network namespace and addresses; v4-mapped IPv6 addresses become IPv4.
@@ -281,33 +273,32 @@ fn is_v4_mapped(a: &[u8; 16]) -> bool {
     a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff
 }
 
-/// Adds one connection with `outcome` to the flow `key`, creating the flow if needed.
+/// Adds one connection with `outcome` to the flow `key`: to its entry, or, when the map does not
+/// hold it, as a ring record for the agent (which creates the entry); when the ring is full, the
+/// program creates the entry itself.
 #[inline(always)]
-fn count(ctx: &RawTracePointContext, key: &FlowKey, outcome: Outcome, started: Started) {
+fn count(ctx: &RawTracePointContext, key: &FlowKey, outcome: Outcome) {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if add_to_existing(key, outcome, now) {
+    if add_to_existing(key, outcome, now) || emit(key, now, outcome as u32, 0, [0; 16]) {
         return;
     }
-    let (pid_tgid, comm) = match started {
-        Started::Connect(Some(s)) => (s.pid_tgid, s.comm),
-        Started::Connect(None) => {
-            count_loss(ctx, loss::START_NOT_SEEN);
-            (0, [0; 16])
-        }
-        Started::Accept => (0, [0; 16]),
-    };
+    count_loss(ctx, loss::RING_FULL);
+    if key.direction == DIRECTION_CONNECT {
+        // The start, if it was seen, is in the ring: the agent no longer joins it to this flow.
+        count_loss(ctx, loss::START_NOT_SEEN);
+    }
     let mut value = FlowCounters {
         first_seen_ns: now,
         last_seen_ns: now,
         outcomes: [0; Outcome::COUNT],
-        pid_tgid,
-        comm,
+        pid_tgid: 0,
+        comm: [0; 16],
     };
     value.outcomes[outcome as usize] = 1;
     match FLOWS.insert(key, &value, BPF_NOEXIST as u64) {
-        Ok(()) => announce(ctx, key),
-        // Another CPU created the flow between our lookup and insert.
+        Ok(()) => {}
+        // Another CPU (or the agent) created the flow between our lookup and insert.
         Err(EEXIST) => {
             if !add_to_existing(key, outcome, now) {
                 count_loss(ctx, loss::FLOW_MAP_FULL);
@@ -322,9 +313,8 @@ fn add_to_existing(key: &FlowKey, outcome: Outcome, now: u64) -> bool {
     let Some(value) = FLOWS.get_ptr_mut(key) else {
         return false;
     };
-    // SAFETY: `value` points into a live map element (the program runs under RCU, and the map is
-    // not preallocated, so a concurrent delete cannot hand the memory to another flow while we
-    // hold it). Counters are only ever changed with atomic adds, here and on other CPUs.
+    // SAFETY: `value` points into a live map element (the program runs under RCU). Counters are
+    // only ever changed with atomic adds, here and on other CPUs.
     unsafe {
         let counter = core::ptr::addr_of_mut!((*value).outcomes[outcome as usize]);
         // The BPF target offers no `AtomicU64::fetch_add`; the intrinsic lowers to BPF_ATOMIC_ADD.
@@ -335,17 +325,24 @@ fn add_to_existing(key: &FlowKey, outcome: Outcome, now: u64) -> bool {
     true
 }
 
-/// Tells the agent about a new flow without waking it: the agent drains the ring on its own
-/// timer, so its wake-ups never follow the event rate. A full ring loses only the hint (counted);
-/// the agent then rescans the map, which still holds the count.
+/// Writes a [`FlowEvent`] to the ring without waking the agent: the agent drains the ring on
+/// its own timer, so its wake-ups never follow the event rate. False when the ring is full.
 #[inline(always)]
-fn announce(ctx: &RawTracePointContext, key: &FlowKey) {
-    match NEW_FLOWS.reserve::<NewFlow>(0) {
+fn emit(key: &FlowKey, now: u64, kind: u32, pid_tgid: u64, comm: [u8; 16]) -> bool {
+    match FLOW_EVENTS.reserve::<FlowEvent>(0) {
         Some(mut entry) => {
-            entry.write(NewFlow { key: *key });
+            entry.write(FlowEvent {
+                key: *key,
+                time_ns: now,
+                pid_tgid,
+                comm,
+                kind,
+                _pad: 0,
+            });
             entry.submit(BPF_RB_NO_WAKEUP);
+            true
         }
-        None => count_loss(ctx, loss::RING_FULL),
+        None => false,
     }
 }
 

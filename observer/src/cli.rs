@@ -110,9 +110,6 @@ pub struct RunArgs {
     /// Capacity of the kernel flow map (distinct flows held between flushes).
     #[arg(long, default_value_t = 131_072)]
     pub flow_map_size: u32,
-    /// Capacity of the kernel's per-socket map (handshakes in progress at once).
-    #[arg(long, default_value_t = 16_384)]
-    pub socket_map_size: u32,
     /// Most series of observer_connections_total and observer_unexpected_connections_total
     /// together; past it, new label sets are counted in `_overflow` series and in
     /// observer_agent_losses_total{kind="series_overflow"}.
@@ -135,8 +132,12 @@ pub struct RunArgs {
     /// counted in observer_agent_losses_total{kind="export_queue_full"}.
     #[arg(long, default_value_t = 4096)]
     pub trace_queue_size: usize,
-    /// Size of the new-flow ring buffer in bytes (a power of two, a multiple of the page size).
-    #[arg(long, default_value_t = 256 * 1024)]
+    /// Size of the ring of flow events in bytes (a power of two, a multiple of the page size):
+    /// connections of flows the kernel map does not hold yet, until the agent drains them
+    /// (every --poll-interval) and creates the flows' entries. When it is full the kernel
+    /// program creates entries itself, at a higher cost per connection (counted in
+    /// observer_kernel_losses_total{kind="ring_full"}; no connection is lost).
+    #[arg(long, default_value_t = 1024 * 1024)]
     pub ring_bytes: u32,
     /// Do not capture DNS (the agent then names external addresses only through --hosts-file
     /// or its own resolution of the architecture's exact host names, and needs no

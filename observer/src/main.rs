@@ -132,7 +132,6 @@ fn run_command(args: RunArgs) -> ExitCode {
         host_proc: args.host_proc,
         map_sizes: MapSizes {
             flows: args.flow_map_size,
-            sockets: args.socket_map_size,
             ring_bytes: args.ring_bytes,
             dns_ring_bytes: args.dns_ring_bytes,
             dns_queries: args.dns_query_map_size,

@@ -79,7 +79,7 @@ impl DnsMetrics {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LossLabels {
-    /// Where the count was lost: `ring_full`, `flow_map_full`, `socket_map_full`, ...
+    /// Where the count was lost: `ring_full`, `flow_map_full`, `socket_read_failed`, ...
     pub kind: String,
 }
 
@@ -310,7 +310,7 @@ pub struct Metrics {
     /// Seconds (Prometheus base unit), from the kernel's nanoseconds.
     pub kernel_program_run_time: Counter<f64, std::sync::atomic::AtomicU64>,
     pub flow_records: Counter,
-    pub new_flow_hints: Counter,
+    pub flows_created: Counter,
     pub map_scans: Counter,
     pub idle_flows_deleted: Counter,
     pub ingress_left_to_source_node: Counter,
@@ -360,7 +360,7 @@ impl Metrics {
             kernel_program_runs: Counter::default(),
             kernel_program_run_time: Counter::default(),
             flow_records: Counter::default(),
-            new_flow_hints: Counter::default(),
+            flows_created: Counter::default(),
             map_scans: Counter::default(),
             idle_flows_deleted: Counter::default(),
             ingress_left_to_source_node: Counter::default(),
@@ -407,7 +407,7 @@ impl Metrics {
         );
         r.register(
             "kernel_losses",
-            "Counts the kernel program could not record, by cause (ring_full loses only a hint: the agent rescans; start_not_seen is informational)",
+            "Counts the kernel program could not record, by cause (ring_full loses no count: the kernel program put the event in its map, and the agent rescans; start_not_seen is informational)",
             m.kernel_losses.clone(),
         );
         r.register(
@@ -436,9 +436,9 @@ impl Metrics {
             m.flow_records.clone(),
         );
         r.register(
-            "new_flow_hints",
-            "New-flow records read from the kernel ring buffer",
-            m.new_flow_hints.clone(),
+            "flows_created",
+            "Flows whose kernel map entries the agent created from the kernel program's flow events (after that the kernel counts their connections in place)",
+            m.flows_created.clone(),
         );
         r.register(
             "flow_map_scans",

@@ -162,7 +162,8 @@ struct Agent {
     losses_seen: [u64; loss::COUNT as usize],
     reload_stats: Arc<ReloadStats>,
     stats_seen: ProgramStats,
-    hints: Vec<FlowKey>,
+    /// The flows of the latest drain of the kernel's flow events, reused between ticks.
+    drained: Vec<(FlowKey, FlowCounters)>,
     attributor: Attributor,
     index: Option<IndexHandle>,
     names: Arc<Mutex<HostNames>>,
@@ -277,7 +278,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         losses_seen: [0; loss::COUNT as usize],
         reload_stats,
         stats_seen: ProgramStats::default(),
-        hints: Vec::with_capacity(1024),
+        drained: Vec::with_capacity(1024),
         attributor: Attributor::new(opts.scoper.host_netns),
         index,
         names,
@@ -348,22 +349,19 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 impl Agent {
-    /// One pass: new-flow hints first (so new flows reach the log within a poll interval), then,
-    /// every flush interval or after a ring loss, the whole map.
+    /// One pass: the kernel's flow events first (so new flows reach the log within a poll
+    /// interval), then, every flush interval or after the ring was full, the whole map.
     fn tick(&mut self, mut full_scan: bool) {
         // Answers first: a pod resolves a name, then connects; the connection's hint is in this
         // same drain at the earliest, and must find the name already known.
         self.drain_dns();
-        self.hints.clear();
-        let n = self.capture.drain_hints(&mut self.hints);
-        self.health.metrics.new_flow_hints.inc_by(n as u64);
+        let mut readings = std::mem::take(&mut self.drained);
+        readings.clear();
+        let created = self.capture.drain(self.clock.mono_now_ns(), &mut readings);
+        self.health.metrics.flows_created.inc_by(created as u64);
         // Taken like a scan's readings: a burst of new flows is as many misses.
-        let readings: Vec<_> = self
-            .hints
-            .iter()
-            .filter_map(|key| Some((*key, self.capture.read(key)?)))
-            .collect();
         self.observe_batch(&readings);
+        self.drained = readings;
 
         let losses = self.capture.losses();
         for (i, &total) in losses.iter().enumerate() {
@@ -377,7 +375,7 @@ impl Agent {
                     })
                     .inc_by(new);
                 if i == loss::RING_FULL as usize {
-                    // Hints were lost: only a scan of the map finds the flows they announced.
+                    // The kernel created flows itself: only a scan of the map finds them.
                     full_scan = true;
                 }
             }

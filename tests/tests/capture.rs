@@ -289,8 +289,8 @@ fn ten_thousand_connections_are_counted_exactly() {
         "10,000 connections at both ends",
         |r| sum(&of_netns(r, c)) == 10_000 && sum(&of_netns(r, s)) == 10_000,
     );
-    // The ring carries at most one record per new flow: far fewer than connections.
-    let hints = agent.metric("observer_new_flow_hints_total");
+    // The agent creates each flow's entry once; the kernel counts the rest in place.
+    let hints = agent.metric("observer_flows_created_total");
     let distinct: std::collections::BTreeSet<_> = records
         .iter()
         .map(|r| {
@@ -309,12 +309,7 @@ fn ten_thousand_connections_are_counted_exactly() {
         "{hints} hints for {} flows",
         distinct.len()
     );
-    for kind in [
-        "ring_full",
-        "flow_map_full",
-        "socket_map_full",
-        "socket_read_failed",
-    ] {
+    for kind in ["ring_full", "flow_map_full", "socket_read_failed"] {
         assert_eq!(
             agent.metric(&format!("observer_kernel_losses_total{{kind=\"{kind}\"}}")),
             0.0,
@@ -327,10 +322,11 @@ fn ten_thousand_connections_are_counted_exactly() {
 }
 
 #[test]
-fn a_tiny_ring_loses_hints_but_no_counts() {
+fn a_tiny_ring_makes_the_kernel_create_flows_and_loses_no_count() {
     let lab = Lab::new(2);
     let (client, server) = (&lab.hosts[0], &lab.hosts[1]);
-    // One page of ring (73 hints) and a slow drain: a burst of 500 new flows must overflow it.
+    // One page of ring (42 events) and a slow drain: a burst of 500 new flows overflows it, and
+    // the kernel program creates the flows' entries itself.
     let agent = Agent::start(&[
         "--ring-bytes",
         "4096",
@@ -363,7 +359,7 @@ fn a_tiny_ring_loses_hints_but_no_counts() {
 }
 
 #[test]
-fn a_tiny_flow_map_counts_what_it_cannot_hold() {
+fn flows_a_full_map_cannot_hold_are_counted_by_the_agent() {
     let lab = Lab::new(2);
     let (client, server) = (&lab.hosts[0], &lab.hosts[1]);
     let agent = Agent::start(&["--flow-map-size", "64"]);
@@ -374,7 +370,52 @@ fn a_tiny_flow_map_counts_what_it_cannot_hold() {
     .0;
     assert_eq!(out, json!({"refused": 200}));
     let c = client.netns_inode();
+    let records = agent.wait_for(Duration::from_secs(10), "200 refused flows", |r| {
+        sum(&of_netns(r, c)) == 200
+    });
+    let per_port: BTreeMap<u16, u64> = of_netns(&records, c)
+        .iter()
+        .map(|r| (r.dst.port.unwrap_or(0), r.outcomes.refused))
+        .collect();
+    assert!(per_port.keys().copied().eq(21000..=21199));
+    assert!(per_port.values().all(|&n| n == 1), "{per_port:?}");
+    assert_eq!(
+        agent.metric("observer_kernel_losses_total{kind=\"flow_map_full\"}"),
+        0.0
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("the kernel flow map refused a new flow"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_tiny_flow_map_and_ring_count_what_they_cannot_hold() {
+    let lab = Lab::new(2);
+    let (client, server) = (&lab.hosts[0], &lab.hosts[1]);
+    // One page of ring (42 events) drained every second: the kernel program creates entries
+    // itself, and the 64-entry map fills.
+    let agent = Agent::start(&[
+        "--flow-map-size",
+        "64",
+        "--ring-bytes",
+        "4096",
+        "--poll-interval",
+        "1s",
+    ]);
     let overflow = || agent.metric("observer_kernel_losses_total{kind=\"flow_map_full\"}") as u64;
+    // The test's own scrapes of /metrics are flows too: their entries are made (at the next
+    // drain) before the storm fills the map, so that only the storm's flows overflow.
+    assert_eq!(overflow(), 0);
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = peer(
+        client,
+        &["storm", &server.ip4.to_string(), "21000", "21199"],
+    )
+    .0;
+    assert_eq!(out, json!({"refused": 200}));
+    let c = client.netns_inode();
     agent.wait_for(
         Duration::from_secs(10),
         "recorded + overflowed = 200",

@@ -218,7 +218,8 @@ pub fn patch_sock_cast(obj: &mut [u8], kfunc: Option<u32>) -> Result<usize, Capt
 #[derive(Clone, Copy, Debug)]
 pub struct MapSizes {
     pub flows: u32,
-    pub sockets: u32,
+    /// The ring of flow events ([`observer_common::FlowEvent`]), in bytes (a power of two, at
+    /// least a page).
     pub ring_bytes: u32,
     /// The ring of captured DNS responses, in bytes (a power of two, at least a page).
     pub dns_ring_bytes: u32,
@@ -260,8 +261,7 @@ pub fn load_and_attach(sizes: MapSizes) -> Result<Ebpf, CaptureError> {
         .map_max_entries(names::DNS_RESPONSES, sizes.dns_ring_bytes)
         .map_max_entries(names::DNS_QUERIES, sizes.dns_queries)
         .map_max_entries(names::FLOWS, sizes.flows)
-        .map_max_entries(names::SOCKETS, sizes.sockets)
-        .map_max_entries(names::NEW_FLOWS, sizes.ring_bytes)
+        .map_max_entries(names::FLOW_EVENTS, sizes.ring_bytes)
         .load(object)
         .map_err(CaptureError::Load)?;
     let program: &mut RawTracePoint = ebpf

@@ -2,6 +2,7 @@
 
 pub mod btf;
 pub mod dns;
+pub mod events;
 pub mod flow_table;
 pub mod loader;
 pub mod preexisting;
@@ -11,7 +12,9 @@ use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, IterableMap, MapData, PerCpuArray, RingBuf},
 };
-use observer_common::{FlowCounters, FlowKey, NewFlow, loss, names};
+use observer_common::{FlowCounters, FlowKey, loss, names};
+
+use crate::fasthash::FastHash;
 
 pub use dns::{DnsCapture, DnsCaptureOptions};
 pub use loader::{CaptureError, MapSizes};
@@ -20,6 +23,17 @@ pub use loader::{CaptureError, MapSizes};
 pub struct Capture {
     flows: BpfHashMap<MapData, FlowKey, FlowCounters>,
     ring: RingBuf<MapData>,
+    events: events::Events,
+    /// Connections the agent holds for flows whose kernel entry did not take them: drained
+    /// after the entry was created (by the kernel, its ring full, or by an earlier drain that
+    /// the event missed), or while the map was full. A flow's counters are its entry's plus
+    /// these, until the flow is deleted.
+    held: std::collections::HashMap<FlowKey, FlowCounters, FastHash>,
+    /// Flows created by the agent without their connect's task ([`loss::START_NOT_SEEN`]).
+    starts_not_seen: u64,
+    /// Set once the map refused an entry for being full (logged once).
+    map_was_full: bool,
+    counted: Vec<(FlowKey, FlowCounters)>,
     losses: PerCpuArray<MapData, u64>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// The DNS programs' maps, when DNS capture is on.
@@ -70,7 +84,12 @@ impl Capture {
         Ok(Capture {
             fdinfo: format!("/proc/self/fdinfo/{fd}").into(),
             flows: take(&mut ebpf, names::FLOWS)?,
-            ring: take(&mut ebpf, names::NEW_FLOWS)?,
+            ring: take(&mut ebpf, names::FLOW_EVENTS)?,
+            events: events::Events::default(),
+            held: Default::default(),
+            starts_not_seen: 0,
+            map_was_full: false,
+            counted: Vec::new(),
             losses: take(&mut ebpf, names::LOSSES)?,
             dns,
             logger,
@@ -78,33 +97,73 @@ impl Capture {
         })
     }
 
-    /// Takes every new-flow hint waiting in the ring (the kernel does not wake us per record;
-    /// the agent drains on its own timer).
-    pub fn drain_hints(&mut self, into: &mut Vec<FlowKey>) -> usize {
-        let before = into.len();
+    /// Drains the ring of flow events (the kernel does not wake us per record; the agent
+    /// drains on its own timer), creates the entries of the flows they counted, so that the
+    /// kernel adds their next connections itself, and pushes each such flow's reading to
+    /// `into`. `now_ns` (CLOCK_MONOTONIC) ages the starts still waiting for a count. Returns
+    /// the number of entries created.
+    pub fn drain(&mut self, now_ns: u64, into: &mut Vec<(FlowKey, FlowCounters)>) -> usize {
         while let Some(item) = self.ring.next() {
-            if item.len() >= std::mem::size_of::<NewFlow>() {
-                const LEN: usize = std::mem::size_of::<NewFlow>();
-                let mut raw = [0u8; LEN];
-                raw.copy_from_slice(&item[..LEN]);
-                into.push(decode_new_flow(&raw).key);
+            if let Some(e) = events::decode(&item) {
+                self.events.add(&e);
             }
         }
         if let Some(l) = self.logger.as_mut() {
             l.flush();
         }
-        into.len() - before
+        let mut counted = std::mem::take(&mut self.counted);
+        self.events.take_counted(now_ns, &mut counted);
+        let mut created = 0;
+        for (key, value) in counted.drain(..) {
+            if key.is_connect() && value.pid_tgid == 0 {
+                self.starts_not_seen += 1;
+            }
+            if let Some(held) = self.held.get_mut(&key) {
+                *held = events::combine(Some(*held), Some(&value)).unwrap_or(value);
+            } else {
+                match self.flows.insert(key, value, BPF_NOEXIST) {
+                    Ok(()) => {
+                        created += 1;
+                        into.push((key, value));
+                        continue;
+                    }
+                    Err(e) => {
+                        // EEXIST: created meanwhile (by the kernel, its ring full); the count
+                        // is held here beside the entry. A full map: the flow lives here.
+                        if !is_exists(&e) && !self.map_was_full {
+                            self.map_was_full = true;
+                            tracing::warn!(
+                                "the kernel flow map refused a new flow ({e}); flows it cannot hold are counted by the agent (raise --flow-map-size)"
+                            );
+                        }
+                        self.held.insert(key, value);
+                    }
+                }
+            }
+            if let Some(reading) = self.read(&key) {
+                into.push((key, reading));
+            }
+        }
+        self.counted = counted;
+        created
     }
 
+    /// A flow's counters: its kernel entry's and what the agent holds for it.
     pub fn read(&self, key: &FlowKey) -> Option<FlowCounters> {
-        self.flows.get(key, 0).ok()
+        events::combine(self.flows.get(key, 0).ok(), self.held.get(key))
     }
 
     /// Every flow in the kernel map. Entries are never deleted by the kernel, and the agent
     /// deletes only after a scan, so the iteration sees each entry once.
+    /// Flows only the agent holds (the map was full) are not visited: every change to them
+    /// comes through [`Capture::drain`].
     pub fn scan(&self, mut visit: impl FnMut(FlowKey, FlowCounters)) -> usize {
         let mut n = 0;
         for (key, value) in self.flows.iter().flatten() {
+            let value = match self.held.is_empty() {
+                true => value,
+                false => events::combine(Some(value), self.held.get(&key)).unwrap_or(value),
+            };
             visit(key, value);
             n += 1;
         }
@@ -113,7 +172,8 @@ impl Capture {
 
     /// Deletes a flow's entry and returns its value as of the delete ([`take_entry`]).
     pub fn take(&mut self, key: &FlowKey) -> Option<FlowCounters> {
-        take_entry(&mut self.flows, key)
+        let held = self.held.remove(key);
+        events::combine(take_entry(&mut self.flows, key), held.as_ref())
     }
 
     /// The kernel's loss counters, summed over CPUs, indexed by `observer_common::loss`.
@@ -124,6 +184,7 @@ impl Capture {
                 *slot = per_cpu.iter().sum();
             }
         }
+        out[loss::START_NOT_SEEN as usize] += self.starts_not_seen;
         out
     }
 }
@@ -161,6 +222,13 @@ impl Capture {
     pub fn program_stats(&self) -> ProgramStats {
         ProgramStats::parse(&std::fs::read_to_string(&self.fdinfo).unwrap_or_default())
     }
+}
+
+/// `BPF_MAP_UPDATE_ELEM`'s flag: create only (uapi `linux/bpf.h`).
+const BPF_NOEXIST: u64 = 1;
+
+fn is_exists(e: &aya::maps::MapError) -> bool {
+    matches!(e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EEXIST))
 }
 
 /// Deletes a flow's entry from a flow map and returns its value as of the delete. The kernel
@@ -233,27 +301,6 @@ fn lookup_and_delete(map_fd: i32, key: &FlowKey) -> std::io::Result<Option<FlowC
     }
 }
 
-fn decode_new_flow(raw: &[u8; std::mem::size_of::<NewFlow>()]) -> NewFlow {
-    let u64_at = |o: usize| u64::from_ne_bytes(raw[o..o + 8].try_into().unwrap_or_default());
-    let u32_at = |o: usize| u32::from_ne_bytes(raw[o..o + 4].try_into().unwrap_or_default());
-    let u16_at = |o: usize| u16::from_ne_bytes(raw[o..o + 2].try_into().unwrap_or_default());
-    let mut local_addr = [0; 16];
-    let mut remote_addr = [0; 16];
-    local_addr.copy_from_slice(&raw[16..32]);
-    remote_addr.copy_from_slice(&raw[32..48]);
-    NewFlow {
-        key: FlowKey {
-            cgroup_id: u64_at(0),
-            netns: u32_at(8),
-            server_port: u16_at(12),
-            family: raw[14],
-            direction: raw[15],
-            local_addr,
-            remote_addr,
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,27 +317,5 @@ mod tests {
             }
         );
         assert_eq!(ProgramStats::parse(""), ProgramStats::default());
-    }
-
-    #[test]
-    fn new_flow_records_decode_to_the_key_the_kernel_wrote() {
-        let key = FlowKey {
-            cgroup_id: 0x0102_0304_0506_0708,
-            netns: 4026531840,
-            server_port: 5672,
-            family: 4,
-            direction: 2,
-            local_addr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            remote_addr: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7],
-        };
-        let mut raw = [0u8; std::mem::size_of::<NewFlow>()];
-        raw[0..8].copy_from_slice(&key.cgroup_id.to_ne_bytes());
-        raw[8..12].copy_from_slice(&key.netns.to_ne_bytes());
-        raw[12..14].copy_from_slice(&key.server_port.to_ne_bytes());
-        raw[14] = key.family;
-        raw[15] = key.direction;
-        raw[16..32].copy_from_slice(&key.local_addr);
-        raw[32..48].copy_from_slice(&key.remote_addr);
-        assert_eq!(decode_new_flow(&raw).key, key);
     }
 }
