@@ -54,6 +54,10 @@ fn bench_smoke_mode_produces_a_complete_report() {
     }
     let configs: Vec<&str> = rows.iter().filter_map(|x| x["config"].as_str()).collect();
     assert!(configs.contains(&"agent"));
+    assert!(
+        configs.contains(&"no-op"),
+        "the hook's own cost is measured: {configs:?}"
+    );
     // A peer is either measured or named as skipped.
     let skipped = r["peers_skipped"].as_array().expect("peers_skipped");
     for peer in ["bpftrace", "tcplife"] {

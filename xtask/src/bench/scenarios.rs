@@ -124,8 +124,14 @@ const WORKLOADS: [Workload; 4] = [
 /// What is attached during the measured half of a pair.
 enum Attached {
     Agent(Agent),
+    /// A program that returns at once, on the agent's raw tracepoint: what the hook itself
+    /// costs, the floor under any program there.
+    Noop(NoopProbe),
     Peer(Peer),
 }
+
+/// The configuration name of [`Attached::Noop`] in the report.
+pub const NOOP_CONFIG: &str = "no-op";
 
 fn run_storms(ctx: &Ctx) -> Result<(Vec<f64>, u64)> {
     let targets = ctx.targets(4);
@@ -152,7 +158,7 @@ fn run_storms(ctx: &Ctx) -> Result<(Vec<f64>, u64)> {
 /// Issue item 1, connection cost: for each configuration, `pairs` pairs of blocks, the attached half and
 /// the baseline half alternating in order (A B, B A, ...), each block one storm per workload.
 pub fn connection_cost(ctx: &Ctx, peers: &[&'static str]) -> Result<Value> {
-    let mut configs: Vec<&str> = vec!["agent"];
+    let mut configs: Vec<&str> = vec!["agent", NOOP_CONFIG];
     configs.extend_from_slice(peers);
     // rates[config][workload] = [(baseline, attached)]
     let mut rates: BTreeMap<&str, Vec<Vec<(f64, f64)>>> = BTreeMap::new();
@@ -171,11 +177,12 @@ pub fn connection_cost(ctx: &Ctx, peers: &[&'static str]) -> Result<Value> {
                 eprintln!("[bench] pair {}/{}: {config}", pair + 1, ctx.sizes.pairs);
                 let attached = match config {
                     "agent" => Attached::Agent(Agent::start(&ctx.agent, "cost")?),
+                    NOOP_CONFIG => Attached::Noop(NoopProbe::attach("inet_sock_set_state")?),
                     peer => Attached::Peer(Peer::start(peer, &ctx.agent.dir)?),
                 };
                 let before = match &attached {
                     Attached::Agent(a) => Some(ProcSample::take(a.pid)),
-                    Attached::Peer(_) => None,
+                    Attached::Noop(_) | Attached::Peer(_) => None,
                 };
                 let (r, total) = run_storms(ctx)?;
                 with = r;
@@ -189,6 +196,7 @@ pub fn connection_cost(ctx: &Ctx, peers: &[&'static str]) -> Result<Value> {
                         }
                         a.stop()?;
                     }
+                    Attached::Noop(probe) => drop(probe),
                     Attached::Peer(p) => p.stop(),
                 }
             }
