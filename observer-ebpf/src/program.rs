@@ -56,7 +56,7 @@ static FLOWS: HashMap<FlowKey, FlowCounters> =
 /// connections ([`FlowEvent`]). A ring record costs a fraction of a map insert (which allocates
 /// under a bucket lock); the agent drains the ring on its own timer, without being woken.
 #[map]
-static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(2 * 1024 * 1024, 0);
 
 /// Per-CPU loss counters, indexed by `observer_common::loss`.
 #[map]

@@ -137,10 +137,10 @@ pub struct RunArgs {
     /// (every --poll-interval) and creates the flows' entries. When it is full the kernel
     /// program creates entries itself, at a higher cost per connection (counted in
     /// observer_kernel_losses_total{kind="ring_full"}; no connection is lost). The default holds
-    /// about 43,000 events: between two drains 200 ms apart, a burst of some 70,000
+    /// about 21,800 events: between two drains 200 ms apart, a burst of some 36,000
     /// connections a second to new flows (a connect's start, its end and its accept are an
-    /// event each).
-    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    /// event each). The agent maps the whole ring, so it counts in its resident memory.
+    #[arg(long, default_value_t = 2 * 1024 * 1024)]
     pub ring_bytes: u32,
     /// Do not capture DNS (the agent then names external addresses only through --hosts-file
     /// or its own resolution of the architecture's exact host names, and needs no
