@@ -428,6 +428,17 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 }
 
 /// Records of `netns` only: the agent sees the whole machine, the tests judge their own hosts.
+/// Agent arguments that make every flow idle at every scan (1 ns) and scan every 10 ms: flows
+/// are deleted from the kernel maps over and over while connections keep coming.
+pub const DELETE_AT_EVERY_SCAN: [&str; 6] = [
+    "--idle-timeout",
+    "1ns",
+    "--flush-interval",
+    "10ms",
+    "--poll-interval",
+    "5ms",
+];
+
 pub fn of_netns(records: &[FlowRecord], netns: u32) -> Vec<&FlowRecord> {
     records.iter().filter(|r| r.netns == netns).collect()
 }

@@ -4,7 +4,9 @@
 use std::{collections::BTreeMap, net::IpAddr, process::Command, time::Duration};
 
 use observer_common::record::{Direction, FlowRecord, Outcomes, Scope};
-use observer_tests::{Agent, Background, Lab, netpeer, of_netns, peer, serve, sh};
+use observer_tests::{
+    Agent, Background, DELETE_AT_EVERY_SCAN, Lab, netpeer, of_netns, peer, serve, sh,
+};
 use serde_json::json;
 
 /// The test hosts' ranges are the cluster's; every accepted connection is reported, so both
@@ -35,6 +37,23 @@ fn flows(records: &[&FlowRecord]) -> BTreeMap<(Direction, IpAddr, IpAddr, u16), 
         *m.entry(k).or_insert(0) += r.count;
     }
     m
+}
+
+/// Asserts that the refused connects from `netns` were to exactly `ports`, each counted once.
+fn assert_refused_once_each(
+    records: &[FlowRecord],
+    netns: u32,
+    ports: std::ops::RangeInclusive<u16>,
+) {
+    let per_port: BTreeMap<u16, u64> = of_netns(records, netns)
+        .iter()
+        .map(|r| (r.dst.port.unwrap_or(0), r.outcomes.refused))
+        .collect();
+    assert!(per_port.keys().copied().eq(ports), "{per_port:?}");
+    assert!(
+        per_port.values().all(|&n| n == 1),
+        "every flow counted exactly once: {per_port:?}"
+    );
 }
 
 #[test]
@@ -346,16 +365,7 @@ fn a_tiny_ring_makes_the_kernel_create_flows_and_loses_no_count() {
         sum(&of_netns(r, c)) == 500
     });
     assert!(agent.metric("observer_kernel_losses_total{kind=\"ring_full\"}") > 0.0);
-    let per_port: BTreeMap<u16, u64> = of_netns(&records, c)
-        .iter()
-        .map(|r| (r.dst.port.unwrap_or(0), r.outcomes.refused))
-        .collect();
-    assert_eq!(per_port.len(), 500);
-    assert!(
-        per_port.values().all(|&n| n == 1),
-        "every flow counted exactly once"
-    );
-    assert!(per_port.keys().copied().eq(20000..=20499));
+    assert_refused_once_each(&records, c, 20000..=20499);
 }
 
 #[test]
@@ -373,12 +383,7 @@ fn flows_a_full_map_cannot_hold_are_counted_by_the_agent() {
     let records = agent.wait_for(Duration::from_secs(10), "200 refused flows", |r| {
         sum(&of_netns(r, c)) == 200
     });
-    let per_port: BTreeMap<u16, u64> = of_netns(&records, c)
-        .iter()
-        .map(|r| (r.dst.port.unwrap_or(0), r.outcomes.refused))
-        .collect();
-    assert!(per_port.keys().copied().eq(21000..=21199));
-    assert!(per_port.values().all(|&n| n == 1), "{per_port:?}");
+    assert_refused_once_each(&records, c, 21000..=21199);
     assert_eq!(
         agent.metric("observer_kernel_losses_total{kind=\"flow_map_full\"}"),
         0.0
@@ -546,14 +551,7 @@ fn deleting_idle_flows_during_a_storm_loses_no_count() {
     // flows are deleted from the kernel map over and over while connections keep adding to
     // them, so some land between the scan's reading and the delete.
     let mut args = CLUSTER.to_vec();
-    args.extend([
-        "--idle-timeout",
-        "1ns",
-        "--flush-interval",
-        "10ms",
-        "--poll-interval",
-        "5ms",
-    ]);
+    args.extend(DELETE_AT_EVERY_SCAN);
     let agent = Agent::start(&args);
     let _srv = serve(server, "0.0.0.0:8085");
     let out = peer(

@@ -20,7 +20,8 @@ use std::{
 
 use observer_common::record::{FlowRecord, Protocol, Reason, Verdict};
 use observer_tests::{
-    Agent, Background, Host, Lab, objects::deployment_pod, of_netns, peer, serve,
+    Agent, Background, DELETE_AT_EVERY_SCAN, Host, Lab, objects::deployment_pod, of_netns, peer,
+    serve,
 };
 use serde_json::json;
 
@@ -622,17 +623,16 @@ fn deleting_idle_query_flows_during_lookups_loses_no_query() {
     let hosts = dir.path().join("hosts");
     fs::write(&hosts, "").expect("hosts file");
     // Every flow is idle at every scan (1 ns), and a scan comes every 10 ms.
-    let agent = Agent::start(&[
-        "--no-kubernetes",
-        "--hosts-file",
-        &hosts.display().to_string(),
-        "--idle-timeout",
-        "1ns",
-        "--flush-interval",
-        "10ms",
-        "--poll-interval",
-        "5ms",
-    ]);
+    let agent = Agent::start(
+        &[
+            "--no-kubernetes",
+            "--hosts-file",
+            &hosts.display().to_string(),
+        ]
+        .into_iter()
+        .chain(DELETE_AT_EVERY_SCAN)
+        .collect::<Vec<_>>(),
+    );
     let (out, _) = peer(pod, &["lookups", "svc.example.net", "3000"]);
     assert_eq!(out, json!({"resolved": 3000}));
     // getaddrinfo asks for A and AAAA.
