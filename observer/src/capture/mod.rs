@@ -33,6 +33,7 @@ pub struct Capture {
     starts_not_seen: u64,
     /// Set once the map refused an entry for being full (logged once).
     map_was_full: bool,
+    /// The flows counted in one drain, reused between drains.
     counted: Vec<(FlowKey, FlowCounters)>,
     losses: PerCpuArray<MapData, u64>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
