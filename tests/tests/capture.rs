@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr, process::Command, time::Duration};
 
 use observer_common::record::{Direction, FlowRecord, Outcomes, Scope};
 use observer_tests::{
-    Agent, Background, DELETE_AT_EVERY_SCAN, Lab, netpeer, of_netns, peer, serve, sh,
+    Agent, Background, DELETE_AT_EVERY_SCAN, Host, Lab, netpeer, of_netns, peer, serve, sh,
 };
 use serde_json::json;
 
@@ -37,6 +37,14 @@ fn flows(records: &[&FlowRecord]) -> BTreeMap<(Direction, IpAddr, IpAddr, u16), 
         *m.entry(k).or_insert(0) += r.count;
     }
     m
+}
+
+/// Connects once from `client` to each of `ports` on `server`, where nothing listens: every
+/// connect is refused, and each is a flow of its own.
+fn refuse_each(client: &Host, server: &Host, ports: std::ops::RangeInclusive<u16>) {
+    let (first, last) = (ports.start().to_string(), ports.end().to_string());
+    let out = peer(client, &["storm", &server.ip4.to_string(), &first, &last]).0;
+    assert_eq!(out, json!({"refused": ports.count()}));
 }
 
 /// Asserts that the refused connects from `netns` were to exactly `ports`, each counted once.
@@ -354,12 +362,7 @@ fn a_tiny_ring_makes_the_kernel_create_flows_and_loses_no_count() {
         "--flush-interval",
         "2s",
     ]);
-    let out = peer(
-        client,
-        &["storm", &server.ip4.to_string(), "20000", "20499"],
-    )
-    .0;
-    assert_eq!(out, json!({"refused": 500}));
+    refuse_each(client, server, 20000..=20499);
     let c = client.netns_inode();
     let records = agent.wait_for(Duration::from_secs(15), "500 refused flows", |r| {
         sum(&of_netns(r, c)) == 500
@@ -373,12 +376,7 @@ fn flows_a_full_map_cannot_hold_are_counted_by_the_agent() {
     let lab = Lab::new(2);
     let (client, server) = (&lab.hosts[0], &lab.hosts[1]);
     let agent = Agent::start(&["--flow-map-size", "64"]);
-    let out = peer(
-        client,
-        &["storm", &server.ip4.to_string(), "21000", "21199"],
-    )
-    .0;
-    assert_eq!(out, json!({"refused": 200}));
+    refuse_each(client, server, 21000..=21199);
     let c = client.netns_inode();
     let records = agent.wait_for(Duration::from_secs(10), "200 refused flows", |r| {
         sum(&of_netns(r, c)) == 200
@@ -414,12 +412,7 @@ fn a_tiny_flow_map_and_ring_count_what_they_cannot_hold() {
     // drain) before the storm fills the map, so that only the storm's flows overflow.
     assert_eq!(overflow(), 0);
     std::thread::sleep(Duration::from_millis(1500));
-    let out = peer(
-        client,
-        &["storm", &server.ip4.to_string(), "21000", "21199"],
-    )
-    .0;
-    assert_eq!(out, json!({"refused": 200}));
+    refuse_each(client, server, 21000..=21199);
     let c = client.netns_inode();
     agent.wait_for(
         Duration::from_secs(10),
