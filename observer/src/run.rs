@@ -352,13 +352,16 @@ impl Agent {
     /// One pass: the kernel's flow events first (so new flows reach the log within a poll
     /// interval), then, every flush interval or after the ring was full, the whole map.
     fn tick(&mut self, mut full_scan: bool) {
-        // Answers first: a pod resolves a name, then connects; the connection's hint is in this
-        // same drain at the earliest, and must find the name already known.
-        self.drain_dns();
         let mut readings = std::mem::take(&mut self.drained);
         readings.clear();
         let created = self.capture.drain(self.clock.mono_now_ns(), &mut readings);
         self.health.metrics.flows_created.inc_by(created as u64);
+        // Answers after the flow events, before the flows are named: a pod resolves a name,
+        // then connects, and the kernel puts the answer in its ring before the pod can read it.
+        // So every answer that a drained connection used is in that ring by now; read before
+        // the flow events, one that came in between would be missed.
+        self.drain_dns();
+        loopback_last(&mut readings);
         // Taken like a scan's readings: a burst of new flows is as many misses.
         self.observe_batch(&readings);
         self.drained = readings;
@@ -407,6 +410,7 @@ impl Agent {
             let mut readings = Vec::new();
             let entries = self.capture.scan(|k, v| readings.push((k, v)));
             self.health.metrics.map_scans.inc();
+            loopback_last(&mut readings);
             self.observe_batch(&readings);
             let idle_before = self
                 .clock
@@ -909,6 +913,23 @@ pub fn flow_record(
     }
 }
 
+/// Moves the readings of loopback flows behind all others. A loopback flow is named after the
+/// pod that owns its network namespace, which the agent learns from that pod's other flows; a
+/// pod's first flows often arrive in the same drain as its first loopback connection (a
+/// port-forward right after the pod served a request), and the drain's order is the kernel's.
+fn loopback_last(readings: &mut [(FlowKey, FlowCounters)]) {
+    let loopback = |key: &FlowKey| {
+        key.local_ip().to_canonical().is_loopback() || key.remote_ip().to_canonical().is_loopback()
+    };
+    let mut first_loopback = 0;
+    for i in 0..readings.len() {
+        if !loopback(&readings[i].0) {
+            readings.swap(first_loopback, i);
+            first_loopback += 1;
+        }
+    }
+}
+
 /// How many readings are looked up together before they are taken: the lookups of a group wait
 /// for main memory at the same time. Enough to cover a memory latency with the group's other
 /// lookups, few enough that what they load is still in cache when the group is taken.
@@ -1090,6 +1111,42 @@ mod tests {
             );
             assert_eq!(agent.tracker.len(), n);
         }
+    }
+
+    #[test]
+    fn loopback_readings_are_taken_after_all_others() {
+        let reading = |i: u32, remote: [u8; 4]| {
+            let mut remote_addr = [0; 16];
+            remote_addr[..4].copy_from_slice(&remote);
+            let key = FlowKey {
+                cgroup_id: 0,
+                netns: i,
+                server_port: 5672,
+                family: observer_common::FAMILY_V4,
+                direction: observer_common::DIRECTION_CONNECT,
+                local_addr: remote_addr,
+                remote_addr,
+            };
+            (key, FlowCounters::default())
+        };
+        let mut readings = vec![
+            reading(0, [127, 0, 0, 1]),
+            reading(1, [10, 244, 0, 13]),
+            reading(2, [127, 0, 0, 1]),
+            reading(3, [10, 96, 0, 13]),
+            reading(4, [10, 244, 0, 12]),
+        ];
+        loopback_last(&mut readings);
+        let order: Vec<u32> = readings.iter().map(|(k, _)| k.netns).collect();
+        assert_eq!(order.len(), 5);
+        let (others, loopback) = order.split_at(3);
+        let sorted = |s: &[u32]| {
+            let mut s = s.to_vec();
+            s.sort();
+            s
+        };
+        assert_eq!(sorted(others), [1, 3, 4]);
+        assert_eq!(sorted(loopback), [0, 2]);
     }
 
     fn record(direction: Direction, src: Scope) -> FlowRecord {
