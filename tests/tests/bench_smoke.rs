@@ -58,6 +58,10 @@ fn bench_smoke_mode_produces_a_complete_report() {
         configs.contains(&"no-op"),
         "the hook's own cost is measured: {configs:?}"
     );
+    assert!(
+        configs.contains(&"agent --no-dns"),
+        "the DNS programs' share is measured: {configs:?}"
+    );
     // A peer is either measured or named as skipped.
     let skipped = r["peers_skipped"].as_array().expect("peers_skipped");
     for peer in ["bpftrace", "tcplife"] {

@@ -40,6 +40,11 @@ impl Agent {
     /// `observer run` with the Trackunit model, the generated inventory, a flow log file and
     /// /metrics on a free port that the bench scrapes once a second, as Prometheus would.
     pub fn start(setup: &AgentSetup, name: &str) -> Result<Agent> {
+        Agent::start_with(setup, name, &[])
+    }
+
+    /// [`start`](Self::start) with more arguments for `observer run`.
+    pub fn start_with(setup: &AgentSetup, name: &str, extra: &[&str]) -> Result<Agent> {
         let flow_log = setup.dir.join(format!("{name}.flows.jsonl"));
         let log = setup.dir.join(format!("{name}.agent.log"));
         let _ = std::fs::remove_file(&flow_log);
@@ -61,6 +66,7 @@ impl Agent {
                 "--service-cidr",
                 "10.96.0.0/12",
             ])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).context("agent log")?);

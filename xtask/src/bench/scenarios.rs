@@ -124,6 +124,8 @@ const WORKLOADS: [Workload; 4] = [
 /// What is attached during the measured half of a pair.
 enum Attached {
     Agent(Agent),
+    /// The agent started with `--no-dns` ([`NO_DNS_CONFIG`]).
+    AgentNoDns(Agent),
     /// A program that returns at once, on the agent's raw tracepoint: what the hook itself
     /// costs, the floor under any program there.
     Noop(NoopProbe),
@@ -132,6 +134,11 @@ enum Attached {
 
 /// The configuration name of [`Attached::Noop`] in the report.
 pub const NOOP_CONFIG: &str = "no-op";
+
+/// The agent without its DNS programs: they run on every packet of every socket (cgroup
+/// `skb` hooks at the hierarchy's root), where the flow program runs a few times per
+/// connection, so their share of the agent's cost is measured apart.
+pub const NO_DNS_CONFIG: &str = "agent --no-dns";
 
 fn run_storms(ctx: &Ctx) -> Result<(Vec<f64>, u64)> {
     let targets = ctx.targets(4);
@@ -158,7 +165,7 @@ fn run_storms(ctx: &Ctx) -> Result<(Vec<f64>, u64)> {
 /// Issue item 1, connection cost: for each configuration, `pairs` pairs of blocks, the attached half and
 /// the baseline half alternating in order (A B, B A, ...), each block one storm per workload.
 pub fn connection_cost(ctx: &Ctx, peers: &[&'static str]) -> Result<Value> {
-    let mut configs: Vec<&str> = vec!["agent", NOOP_CONFIG];
+    let mut configs: Vec<&str> = vec!["agent", NO_DNS_CONFIG, NOOP_CONFIG];
     configs.extend_from_slice(peers);
     // rates[config][workload] = [(baseline, attached)]
     let mut rates: BTreeMap<&str, Vec<Vec<(f64, f64)>>> = BTreeMap::new();
@@ -177,12 +184,15 @@ pub fn connection_cost(ctx: &Ctx, peers: &[&'static str]) -> Result<Value> {
                 eprintln!("[bench] pair {}/{}: {config}", pair + 1, ctx.sizes.pairs);
                 let attached = match config {
                     "agent" => Attached::Agent(Agent::start(&ctx.agent, "cost")?),
+                    NO_DNS_CONFIG => {
+                        Attached::AgentNoDns(Agent::start_with(&ctx.agent, "cost", &["--no-dns"])?)
+                    }
                     NOOP_CONFIG => Attached::Noop(NoopProbe::attach("inet_sock_set_state")?),
                     peer => Attached::Peer(Peer::start(peer, &ctx.agent.dir)?),
                 };
                 let before = match &attached {
                     Attached::Agent(a) => Some(ProcSample::take(a.pid)),
-                    Attached::Noop(_) | Attached::Peer(_) => None,
+                    Attached::AgentNoDns(_) | Attached::Noop(_) | Attached::Peer(_) => None,
                 };
                 let (r, total) = run_storms(ctx)?;
                 with = r;
@@ -196,6 +206,7 @@ pub fn connection_cost(ctx: &Ctx, peers: &[&'static str]) -> Result<Value> {
                         }
                         a.stop()?;
                     }
+                    Attached::AgentNoDns(a) => a.stop()?,
                     Attached::Noop(probe) => drop(probe),
                     Attached::Peer(p) => p.stop(),
                 }
