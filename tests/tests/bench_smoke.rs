@@ -74,6 +74,32 @@ fn bench_smoke_mode_produces_a_complete_report() {
         );
     }
 
+    // The storm's CPU profile, where perf is installed: the agent's parts, which add up.
+    let profile = &r["storm_profile"];
+    if profile["skipped"].is_null() {
+        let workloads = profile["workloads"].as_array().expect("profile workloads");
+        assert_eq!(workloads.len(), 2, "{profile:#}");
+        for w in workloads {
+            assert!(w["connections"].as_u64().is_some_and(|n| n > 0), "{w}");
+            assert!(w["kernel_samples"].as_u64().is_some_and(|n| n > 0), "{w}");
+            let parts = w["parts"].as_array().expect("parts");
+            assert_eq!(parts.len(), 4, "{w}");
+            let sum: f64 = parts
+                .iter()
+                .map(|p| p["ns_per_connection"].as_f64().unwrap())
+                .sum();
+            let all = w["agent_ns_per_connection"].as_f64().unwrap();
+            assert!((sum - all).abs() < 1e-6, "parts {sum} != agent {all}");
+        }
+    } else {
+        assert!(
+            profile["skipped"]
+                .as_str()
+                .is_some_and(|s| s.contains("perf")),
+            "{profile}"
+        );
+    }
+
     let k = &r["kernel_program"];
     for key in [
         "recording_new_flow_ns_per_run",

@@ -206,16 +206,27 @@ impl ProcSample {
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        // utime and stime are fields 14 and 15, in clock ticks (USER_HZ, 100 on Linux).
-        let cpu_s = (ticks(11) + ticks(12)) as f64 / 100.0;
+        // utime and stime are fields 14 and 15, in clock ticks (USER_HZ, 100 on Linux): 10 ms,
+        // more than the agent spends in a whole storm block. The threads' schedstat (time on
+        // a CPU, in ns) resolves it; the ticks stand in where schedstat is missing.
+        let mut cpu_ns = 0;
         let mut switches = 0;
         if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
             for t in tasks.flatten() {
                 let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
                 switches += status_field(&status, "voluntary_ctxt_switches:")
                     + status_field(&status, "nonvoluntary_ctxt_switches:");
+                cpu_ns += std::fs::read_to_string(t.path().join("schedstat"))
+                    .ok()
+                    .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                    .unwrap_or(0);
             }
         }
+        let cpu_s = if cpu_ns > 0 {
+            cpu_ns as f64 / 1e9
+        } else {
+            (ticks(11) + ticks(12)) as f64 / 100.0
+        };
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         ProcSample {
             at: Some(Instant::now()),

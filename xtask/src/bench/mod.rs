@@ -6,6 +6,7 @@ mod agent;
 mod inventory;
 mod lab;
 mod noop;
+mod profile;
 mod report;
 mod scenarios;
 mod stats;
@@ -34,14 +35,15 @@ pub struct BenchArgs {
     /// (default: <target>/bench or <target>/bench-smoke).
     #[arg(long)]
     output: Option<PathBuf>,
-    /// Do not install the peers (bpftrace, bpfcc-tools, libbpf-tools) with apt-get when missing.
+    /// Do not install the peers (bpftrace, bpfcc-tools, libbpf-tools) and perf with apt-get when
+    /// missing.
     #[arg(long)]
     no_install: bool,
     /// Do not write BENCHMARKS.md (a full run writes it by default).
     #[arg(long)]
     no_markdown: bool,
     /// Run only these scenarios (repeatable; for development: the report is then partial and
-    /// BENCHMARKS.md is left alone): cost, kernel, pipeline, memory, exactness, latency.
+    /// BENCHMARKS.md is left alone): cost, profile, kernel, pipeline, memory, exactness, latency.
     #[arg(long)]
     only: Vec<String>,
     /// Use the binaries beside this xtask binary (target/<profile>/) instead of building: for
@@ -67,14 +69,17 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| super::root().join("target"))
 }
 
-/// Installs the peers from Debian, logging each step (not part of bootstrap: the test command
-/// does not need them).
+/// Installs the peers and perf (for the storm's CPU profile) from Debian, logging each step
+/// (not part of bootstrap: the test command does not need them).
 fn install_peers() -> Result<()> {
-    let (_, missing) = agent::peers_available();
+    let (_, mut missing) = agent::peers_available();
+    if !std::path::Path::new(profile::PERF).exists() {
+        missing.push(format!("{} (the storm's CPU profile)", profile::PERF));
+    }
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("[bench] installing the peers: {missing:?}");
+    eprintln!("[bench] installing the peers and perf: {missing:?}");
     super::run(Command::new("apt-get").arg("update"))?;
     super::run(
         Command::new("apt-get")
@@ -84,6 +89,7 @@ fn install_peers() -> Result<()> {
                 "--no-install-recommends",
                 "bpftrace",
                 "bpfcc-tools",
+                "linux-perf",
             ])
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
@@ -250,6 +256,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         f(&ctx)
     };
     let cost = section("cost", &|c| scenarios::connection_cost(c, &peers))?;
+    let profile = section("profile", &profile::storm_profile)?;
     let kernel = section("kernel", &scenarios::kernel_program)?;
     let latency = section("latency", &scenarios::latency)?;
     let exact = section("exactness", &scenarios::exactness)?;
@@ -274,6 +281,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         "peers_skipped": missing,
         "traces": if otlp { "exported to a local receiver" } else { "not measured: `observer run --help` has no OTLP option; the agent exports no traces" },
         "connection_cost": cost,
+        "storm_profile": profile,
         "kernel_program": kernel,
         "pipeline": pipeline,
         "memory": memory,

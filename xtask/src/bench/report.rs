@@ -242,6 +242,7 @@ pub fn markdown(r: &Value) -> String {
         f(&k["agent_idle_wakeups_per_second"]),
         r["traces"].as_str().unwrap_or("")
     );
+    storm_profile(&mut s, r);
     let _ = writeln!(
         s,
         "## Kernel program\n\nEach run's time from the kernel's BPF statistics, beside that of a program that does nothing (`r0 = 0; exit`) attached to the same hook for the same runs: the hook's dispatch and the statistics' own clock reads. The difference is the program's own time, what it costs with the statistics off (their default).\n\n| runs | ns per run (statistics) | no-op program, same runs | program's own | runs measured |\n|---|---:|---:|---:|---:|\n| recording, new flow (refused connects to distinct ports) | {:.0} | {:.0} | {:.0} | {} |\n| recording, existing flow (refused connects to one port) | {:.0} | {:.0} | {:.0} | {} |\n| filtered (closing {} connections opened before the agent) | {:.0} | {:.0} | {:.0} | {} |\n| DNS programs' filter (every packet of the existing-flow storm; none is DNS) | {:.0} | | | {} |\n",
@@ -345,4 +346,86 @@ pub fn markdown(r: &Value) -> String {
     );
     s.push_str(include_str!("notes.md"));
     s
+}
+
+/// The storm's CPU profile: CPU time per connection of each part of the agent, and the whole as
+/// a share of a connection's time with nothing attached (same workload, same run).
+fn storm_profile(s: &mut String, r: &Value) {
+    let p = &r["storm_profile"];
+    if let Some(why) = p["skipped"].as_str() {
+        let _ = writeln!(
+            s,
+            "## Where the storm's cost goes\n\nNot profiled: {why}.\n"
+        );
+        return;
+    }
+    let Some(workloads) = p["workloads"].as_array() else {
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "## Where the storm's cost goes\n\nA CPU profile of the whole machine (`perf record -a`, {} samples per second per CPU) during one-thread storms with the agent attached: each sample is 1/{} s of one CPU, so a part's samples over the connections are its CPU time per connection. A one-thread storm runs one connection at a time, and these programs run on its path, so their sum over a connection's time with nothing attached (the baseline of the cost table) is about what they take off its rate. With nothing attached, none of these symbols is sampled.\n",
+        p["frequency"], p["frequency"]
+    );
+    let names: Vec<&str> = workloads
+        .iter()
+        .map(|w| w["workload"].as_str().unwrap_or(""))
+        .collect();
+    let _ = writeln!(
+        s,
+        "| part | {} |\n|---|{}",
+        names
+            .iter()
+            .map(|n| format!("{n}, ns per connection"))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "---:|".repeat(names.len())
+    );
+    let parts = workloads
+        .first()
+        .and_then(|w| w["parts"].as_array())
+        .map_or(0, Vec::len);
+    for i in 0..parts {
+        let _ = writeln!(
+            s,
+            "| {} | {} |",
+            workloads[0]["parts"][i]["part"].as_str().unwrap_or(""),
+            workloads
+                .iter()
+                .map(|w| format!(
+                    "{:.0} ({} samples)",
+                    f(&w["parts"][i]["ns_per_connection"]),
+                    w["parts"][i]["samples"]
+                ))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
+    let baseline = |name: &str| {
+        r["connection_cost"]["rows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|x| x["workload"] == name && x["config"] == "agent")
+            .map(|x| f(&x["baseline_per_second"]))
+    };
+    let _ = writeln!(
+        s,
+        "| **agent, in all** | {} |\n",
+        workloads
+            .iter()
+            .map(|w| {
+                let ns = f(&w["agent_ns_per_connection"]);
+                match baseline(w["workload"].as_str().unwrap_or("")) {
+                    Some(rate) if rate > 0.0 => format!(
+                        "**{ns:.0}**, {:.1} % of a connection's {:.1} µs at baseline",
+                        ns * rate / 1e9 * 100.0,
+                        1e6 / rate
+                    ),
+                    _ => format!("**{ns:.0}**"),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
 }

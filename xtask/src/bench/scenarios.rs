@@ -65,7 +65,7 @@ impl Ctx {
         Ok(())
     }
 
-    fn targets(&self, ports: usize) -> String {
+    pub fn targets(&self, ports: usize) -> String {
         SERVE_PORTS
             .take(ports)
             .map(|p| format!("{}.3:{p}", self.lab.net))
@@ -75,9 +75,25 @@ impl Ctx {
 
     /// Runs `storm ARGS` in the client namespace to completion; its JSON line.
     fn storm(&self, args: &[&str]) -> Result<Value> {
-        let out = self
+        self.storm_under(&[], args)
+    }
+
+    /// [`storm`](Self::storm) as the command of `wrapper` (e.g. `perf record ... --`).
+    pub fn storm_under(&self, wrapper: &[&str], args: &[&str]) -> Result<Value> {
+        let storm = self
             .lab
-            .cmd(&self.lab.client, &self.storm.display().to_string())
+            .cmd(&self.lab.client, &self.storm.display().to_string());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut c = Command::new(program);
+                c.args(wrapper_args)
+                    .arg(storm.get_program())
+                    .args(storm.get_args());
+                c
+            }
+            None => storm,
+        };
+        let out = cmd
             .args(args)
             .stderr(Stdio::inherit())
             .output()
