@@ -74,22 +74,31 @@ fn bench_smoke_mode_produces_a_complete_report() {
         );
     }
 
-    // The storm's CPU profile, where perf is installed: the agent's parts, which add up.
+    // The storm's CPU profile, where perf is installed: each tool's parts, which add up.
     let profile = &r["storm_profile"];
     if profile["skipped"].is_null() {
-        let workloads = profile["workloads"].as_array().expect("profile workloads");
-        assert_eq!(workloads.len(), 2, "{profile:#}");
-        for w in workloads {
-            assert!(w["connections"].as_u64().is_some_and(|n| n > 0), "{w}");
-            assert!(w["kernel_samples"].as_u64().is_some_and(|n| n > 0), "{w}");
-            let parts = w["parts"].as_array().expect("parts");
-            assert_eq!(parts.len(), 4, "{w}");
+        let rows = profile["rows"].as_array().expect("profile rows");
+        // The agent and the agent without DNS capture, each on two workloads, then the peers.
+        assert!(
+            rows.len() >= 4 && rows.len().is_multiple_of(2),
+            "{profile:#}"
+        );
+        let configs: Vec<&str> = rows.iter().filter_map(|x| x["config"].as_str()).collect();
+        assert_eq!(
+            configs[..4],
+            ["agent", "agent", "agent --no-dns", "agent --no-dns"]
+        );
+        for row in rows {
+            assert!(row["connections"].as_u64().is_some_and(|n| n > 0), "{row}");
+            assert!(row["samples"].as_u64().is_some_and(|n| n > 0), "{row}");
+            let parts = row["parts"].as_array().expect("parts");
+            assert_eq!(parts.len(), 5, "{row}");
             let sum: f64 = parts
                 .iter()
                 .map(|p| p["ns_per_connection"].as_f64().unwrap())
                 .sum();
-            let all = w["agent_ns_per_connection"].as_f64().unwrap();
-            assert!((sum - all).abs() < 1e-6, "parts {sum} != agent {all}");
+            let all = row["ns_per_connection"].as_f64().unwrap();
+            assert!((sum - all).abs() < 1e-6, "parts {sum} != all {all}");
         }
     } else {
         assert!(

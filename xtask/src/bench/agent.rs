@@ -387,6 +387,10 @@ impl Peer {
     }
 
     /// SIGINT (bpftrace prints its maps then), then wait at most 10 s.
+    pub fn pid(&self) -> u32 {
+        self.proc.0.id()
+    }
+
     pub fn stop(mut self) {
         let _ = sh("kill", &["-INT", &self.proc.0.id().to_string()]);
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -256,7 +256,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         f(&ctx)
     };
     let cost = section("cost", &|c| scenarios::connection_cost(c, &peers))?;
-    let profile = section("profile", &profile::storm_profile)?;
+    let profile = section("profile", &|c| profile::storm_profile(c, &peers))?;
     let kernel = section("kernel", &scenarios::kernel_program)?;
     let latency = section("latency", &scenarios::latency)?;
     let exact = section("exactness", &scenarios::exactness)?;

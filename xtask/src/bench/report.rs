@@ -348,8 +348,8 @@ pub fn markdown(r: &Value) -> String {
     s
 }
 
-/// The storm's CPU profile: CPU time per connection of each part of the agent, and the whole as
-/// a share of a connection's time with nothing attached (same workload, same run).
+/// The storm's CPU profile: CPU time per connection of each part of each tool, and the whole
+/// as a share of a connection's time with nothing attached (same workload, same run).
 fn storm_profile(s: &mut String, r: &Value) {
     let p = &r["storm_profile"];
     if let Some(why) = p["skipped"].as_str() {
@@ -359,48 +359,27 @@ fn storm_profile(s: &mut String, r: &Value) {
         );
         return;
     }
-    let Some(workloads) = p["workloads"].as_array() else {
+    let Some(rows) = p["rows"].as_array() else {
         return;
     };
     let _ = writeln!(
         s,
-        "## Where the storm's cost goes\n\nA CPU profile of the whole machine (`perf record -a`, {} samples per second per CPU) during one-thread storms with the agent attached: each sample is 1/{} s of one CPU, so a part's samples over the connections are its CPU time per connection. A one-thread storm runs one connection at a time, and these programs run on its path, so their sum over a connection's time with nothing attached (the baseline of the cost table) is about what they take off its rate. With nothing attached, none of these symbols is sampled.\n",
+        "## Where the storm's cost goes\n\nA CPU profile of the whole machine (`perf record -a`, {} samples per second per CPU) during one-thread storms with each tool attached: each sample is 1/{} s of one CPU, so a part's samples over the connections are its CPU time per connection, in ns. A one-thread storm runs one connection at a time, and these parts run on its path, so their sum over a connection's time with nothing attached (the baseline of the cost table) is about what they take off its rate. With nothing attached, none of these symbols is sampled. The tool's own threads: everything they ran, in user space and in the kernel (not what it costs the kernel to wake them: a lower bound for a tool that prints every event).\n",
         p["frequency"], p["frequency"]
     );
-    let names: Vec<&str> = workloads
-        .iter()
-        .map(|w| w["workload"].as_str().unwrap_or(""))
+    let parts: Vec<&str> = rows
+        .first()
+        .and_then(|w| w["parts"].as_array())
+        .into_iter()
+        .flatten()
+        .map(|x| x["part"].as_str().unwrap_or(""))
         .collect();
     let _ = writeln!(
         s,
-        "| part | {} |\n|---|{}",
-        names
-            .iter()
-            .map(|n| format!("{n}, ns per connection"))
-            .collect::<Vec<_>>()
-            .join(" | "),
-        "---:|".repeat(names.len())
+        "| attached | workload | {} | in all | share of a connection at baseline |\n|---|---|{}---:|---:|",
+        parts.join(" | "),
+        "---:|".repeat(parts.len())
     );
-    let parts = workloads
-        .first()
-        .and_then(|w| w["parts"].as_array())
-        .map_or(0, Vec::len);
-    for i in 0..parts {
-        let _ = writeln!(
-            s,
-            "| {} | {} |",
-            workloads[0]["parts"][i]["part"].as_str().unwrap_or(""),
-            workloads
-                .iter()
-                .map(|w| format!(
-                    "{:.0} ({} samples)",
-                    f(&w["parts"][i]["ns_per_connection"]),
-                    w["parts"][i]["samples"]
-                ))
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
-    }
     let baseline = |name: &str| {
         r["connection_cost"]["rows"]
             .as_array()
@@ -409,23 +388,27 @@ fn storm_profile(s: &mut String, r: &Value) {
             .find(|x| x["workload"] == name && x["config"] == "agent")
             .map(|x| f(&x["baseline_per_second"]))
     };
-    let _ = writeln!(
-        s,
-        "| **agent, in all** | {} |\n",
-        workloads
-            .iter()
-            .map(|w| {
-                let ns = f(&w["agent_ns_per_connection"]);
-                match baseline(w["workload"].as_str().unwrap_or("")) {
-                    Some(rate) if rate > 0.0 => format!(
-                        "**{ns:.0}**, {:.1} % of a connection's {:.1} µs at baseline",
-                        ns * rate / 1e9 * 100.0,
-                        1e6 / rate
-                    ),
-                    _ => format!("**{ns:.0}**"),
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" | ")
-    );
+    for row in rows {
+        let ns = f(&row["ns_per_connection"]);
+        let share = match baseline(row["workload"].as_str().unwrap_or("")) {
+            Some(rate) if rate > 0.0 => {
+                format!("{:.1} % of {:.1} µs", ns * rate / 1e9 * 100.0, 1e6 / rate)
+            }
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | **{ns:.0}** | {share} |",
+            row["config"].as_str().unwrap_or(""),
+            row["workload"].as_str().unwrap_or(""),
+            row["parts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| format!("{:.0}", f(&x["ns_per_connection"])))
+                .collect::<Vec<_>>()
+                .join(" | "),
+        );
+    }
+    let _ = writeln!(s);
 }
