@@ -19,6 +19,10 @@ use serde_json::Value;
 use super::lab::{Proc, sh};
 
 /// Paths the agent runs with.
+/// The cluster ranges the bench's agents are given; the lab's hosts lie outside both.
+pub const POD_CIDR: &str = "10.244.0.0/16";
+pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+
 #[derive(Clone)]
 pub struct AgentSetup {
     pub bin: PathBuf,
@@ -60,12 +64,7 @@ impl Agent {
             // Both ends of every storm connection live on this one machine: report the
             // accepted side too, so exactness can be checked at both ends.
             .args(["--ingress", "all"])
-            .args([
-                "--pod-cidr",
-                "10.244.0.0/16",
-                "--service-cidr",
-                "10.96.0.0/12",
-            ])
+            .args(["--pod-cidr", POD_CIDR, "--service-cidr", SERVICE_CIDR])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
