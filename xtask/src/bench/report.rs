@@ -382,13 +382,20 @@ fn profiled_costs(r: &Value) -> String {
         })
         .filter(|c| !c.ends_with(": "))
         .collect();
-    if costs.is_empty() {
-        return String::new();
-    }
-    format!(
-        "; CPU µs per one-thread connection in the profile, {}",
-        costs.join("; ")
+    clause(
+        "; CPU µs per one-thread connection in the profile, ",
+        &costs,
+        "; ",
     )
+}
+
+/// `items` joined by `sep` after `lead`: a clause for the targets table, "" without items.
+fn clause(lead: &str, items: &[String], sep: &str) -> String {
+    if items.is_empty() {
+        String::new()
+    } else {
+        format!("{lead}{}", items.join(sep))
+    }
 }
 
 /// The agent's profiled CPU time as a share of a one-thread connection's time at baseline, as a
@@ -409,13 +416,16 @@ fn profiled_share(r: &Value) -> String {
             ))
         })
         .collect();
-    if shares.is_empty() {
-        return String::new();
+    let share = clause(
+        "; in the profile, the agent's CPU time is ",
+        &shares,
+        " and ",
+    );
+    if share.is_empty() {
+        share
+    } else {
+        share + " of a one-thread connection"
     }
-    format!(
-        "; in the profile, the agent's CPU time is {} of a one-thread connection",
-        shares.join(" and ")
-    )
 }
 
 /// The baseline rate of `workload` in the cost table (measured in the agent's pairs).
