@@ -16,13 +16,16 @@ pub struct ModelError {
     pub message: String,
 }
 
+/// On one line: a message that quotes a value of the file can hold a line break (a `\n` in a
+/// double-quoted YAML string), which is shown escaped so that each error stays one line.
 impl fmt::Display for ModelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let message = self.message.replace('\r', "\\r").replace('\n', "\\n");
         match (self.line, self.column) {
             (Some(line), Some(column)) => {
-                write!(f, "{}:{line}:{column}: {}", self.source, self.message)
+                write!(f, "{}:{line}:{column}: {message}", self.source)
             }
-            _ => write!(f, "{}: {}", self.source, self.message),
+            _ => write!(f, "{}: {message}", self.source),
         }
     }
 }
@@ -103,5 +106,26 @@ impl<'a> Collector<'a> {
 
     pub fn into_errors(self) -> ModelErrors {
         ModelErrors::new(self.errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_whose_message_has_line_breaks_is_still_one_line() {
+        let e = ModelError {
+            source: "p.yaml".into(),
+            line: Some(3),
+            column: Some(7),
+            message: "found character that cannot start any token\nwhile scanning".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "p.yaml:3:7: found character that cannot start any token\\nwhile scanning"
+        );
+        let all = ModelErrors::new(vec![e.clone(), e]);
+        assert_eq!(all.to_string().lines().count(), 2);
     }
 }
