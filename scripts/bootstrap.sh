@@ -4,14 +4,15 @@
 #   - Debian packages: llvm-22-dev (bpf-linker links against LLVM 22, the nightly's LLVM),
 #     bpftool, iptables (tests drop SYNs / emulate kube-proxy DNAT), prometheus (promtool, alert tests,
 #     the report's Prometheus source), chromium (headless: the HTML report test reads its DOM),
-#     dnsmasq-base (the DNS tests' name server, run in a test namespace; no service is installed).
+#     dnsmasq-base (the DNS tests' name server, run in a test namespace; no service is installed),
+#     linux-perf (`perf record -a`: the bench's CPU profile of the storm, which the smoke test runs).
 #   - rust-src for the nightly toolchain (the kernel crate is built with -Z build-std=core).
 #   - bpf-linker 0.13 from crates.io, built against Debian's LLVM 22.
 #   - cargo-fuzz 0.13 from crates.io (the test command fuzzes the DNS answer path for 30 s).
 set -euo pipefail
 log() { echo "[bootstrap] $*" >&2; }
 
-PKGS=(llvm-22-dev libpolly-22-dev bpftool iptables prometheus chromium dnsmasq-base)
+PKGS=(llvm-22-dev libpolly-22-dev bpftool iptables prometheus chromium dnsmasq-base linux-perf)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

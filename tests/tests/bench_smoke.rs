@@ -74,40 +74,44 @@ fn bench_smoke_mode_produces_a_complete_report() {
         );
     }
 
-    // The storm's CPU profile, where perf is installed: each tool's parts, which add up.
+    // The storm's CPU profile (scripts/bootstrap.sh installs perf): each tool's parts, which
+    // add up.
     let profile = &r["storm_profile"];
-    if profile["skipped"].is_null() {
-        let rows = profile["rows"].as_array().expect("profile rows");
-        // The agent and the agent without DNS capture, each on two workloads, then the peers.
-        assert!(
-            rows.len() >= 4 && rows.len().is_multiple_of(2),
-            "{profile:#}"
-        );
-        let configs: Vec<&str> = rows.iter().filter_map(|x| x["config"].as_str()).collect();
-        assert_eq!(
-            configs[..4],
-            ["agent", "agent", "agent --no-dns", "agent --no-dns"]
-        );
-        for row in rows {
-            assert!(row["connections"].as_u64().is_some_and(|n| n > 0), "{row}");
-            assert!(row["samples"].as_u64().is_some_and(|n| n > 0), "{row}");
-            let parts = row["parts"].as_array().expect("parts");
-            assert_eq!(parts.len(), 5, "{row}");
-            let sum: f64 = parts
-                .iter()
-                .map(|p| p["ns_per_connection"].as_f64().unwrap())
-                .sum();
-            let all = row["ns_per_connection"].as_f64().unwrap();
-            assert!((sum - all).abs() < 1e-6, "parts {sum} != all {all}");
-        }
-    } else {
-        assert!(
-            profile["skipped"]
-                .as_str()
-                .is_some_and(|s| s.contains("perf")),
-            "{profile}"
-        );
+    assert!(profile["skipped"].is_null(), "profile skipped: {profile}");
+    let rows = profile["rows"].as_array().expect("profile rows");
+    // The agent and the agent without DNS capture, each on two workloads, then the peers.
+    assert!(
+        rows.len() >= 4 && rows.len().is_multiple_of(2),
+        "{profile:#}"
+    );
+    let configs: Vec<&str> = rows.iter().filter_map(|x| x["config"].as_str()).collect();
+    assert_eq!(
+        configs[..4],
+        ["agent", "agent", "agent --no-dns", "agent --no-dns"]
+    );
+    for row in rows {
+        assert!(row["connections"].as_u64().is_some_and(|n| n > 0), "{row}");
+        assert!(row["samples"].as_u64().is_some_and(|n| n > 0), "{row}");
+        let parts = row["parts"].as_array().expect("parts");
+        assert_eq!(parts.len(), 5, "{row}");
+        let sum: f64 = parts
+            .iter()
+            .map(|p| p["ns_per_connection"].as_f64().unwrap())
+            .sum();
+        let all = row["ns_per_connection"].as_f64().unwrap();
+        assert!((sum - all).abs() < 1e-6, "parts {sum} != all {all}");
     }
+    // The agent with DNS capture runs the cgroup skb hooks; without it, never.
+    let part = |config: &str, name: &str| -> f64 {
+        rows.iter()
+            .filter(|x| x["config"] == config)
+            .flat_map(|x| x["parts"].as_array().unwrap())
+            .filter(|p| p["part"].as_str().unwrap().starts_with(name))
+            .map(|p| p["samples"].as_f64().unwrap())
+            .sum()
+    };
+    assert_eq!(part("agent --no-dns", "cgroup skb"), 0.0, "{profile:#}");
+    assert_eq!(part("agent --no-dns", "DNS programs"), 0.0, "{profile:#}");
 
     let k = &r["kernel_program"];
     for key in [
