@@ -18,11 +18,11 @@ use serde_json::Value;
 
 use super::lab::{Proc, sh};
 
-/// Paths the agent runs with.
 /// The cluster ranges the bench's agents are given; the lab's hosts lie outside both.
 pub const POD_CIDR: &str = "10.244.0.0/16";
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 
+/// Paths the agent runs with.
 #[derive(Clone)]
 pub struct AgentSetup {
     pub bin: PathBuf,
@@ -385,11 +385,11 @@ impl Peer {
         Ok(Peer { proc })
     }
 
-    /// SIGINT (bpftrace prints its maps then), then wait at most 10 s.
     pub fn pid(&self) -> u32 {
         self.proc.0.id()
     }
 
+    /// SIGINT (bpftrace prints its maps then), then wait at most 10 s.
     pub fn stop(mut self) {
         let _ = sh("kill", &["-INT", &self.proc.0.id().to_string()]);
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -69,8 +69,8 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| super::root().join("target"))
 }
 
-/// Installs the peers and perf (for the storm's CPU profile) from Debian, logging each step
-/// (not part of bootstrap: the test command does not need them).
+/// Installs the peers (not part of bootstrap: the test command does not need them) and perf
+/// (for the storm's CPU profile; bootstrap installs it too) from Debian, logging each step.
 fn install_peers() -> Result<()> {
     let (_, mut missing) = agent::peers_available();
     if !std::path::Path::new(profile::PERF).exists() {

@@ -10,10 +10,7 @@ use std::{collections::HashSet, path::Path, process::Command};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use super::{
-    agent::{Agent, Peer},
-    scenarios::{Ctx, NO_DNS_CONFIG},
-};
+use super::scenarios::{Attached, Ctx, NO_DNS_CONFIG};
 
 /// Debian's `linux-perf`.
 pub const PERF: &str = "/usr/bin/perf";
@@ -152,31 +149,6 @@ fn threads(pid: u32) -> HashSet<u32> {
         .collect()
 }
 
-/// What is attached while a profile is taken.
-enum Tool {
-    Agent(Agent),
-    Peer(Peer),
-}
-
-impl Tool {
-    fn pid(&self) -> u32 {
-        match self {
-            Tool::Agent(a) => a.pid,
-            Tool::Peer(p) => p.pid(),
-        }
-    }
-
-    fn stop(self) -> Result<()> {
-        match self {
-            Tool::Agent(a) => a.stop(),
-            Tool::Peer(p) => {
-                p.stop();
-                Ok(())
-            }
-        }
-    }
-}
-
 /// The one-thread storms under `perf record -a` with each of the agent, the agent without DNS
 /// capture and the installed `peers` attached; CPU time per connection of each [`Part`].
 pub fn storm_profile(ctx: &Ctx, peers: &[&'static str]) -> Result<Value> {
@@ -188,16 +160,12 @@ pub fn storm_profile(ctx: &Ctx, peers: &[&'static str]) -> Result<Value> {
     let mut rows = Vec::new();
     for config in configs {
         eprintln!("[bench] profile: {config}");
-        let tool = match config {
-            "agent" => Tool::Agent(Agent::start(&ctx.agent, "profile")?),
-            NO_DNS_CONFIG => Tool::Agent(Agent::start_with(&ctx.agent, "profile", &["--no-dns"])?),
-            peer => Tool::Peer(Peer::start(peer, &ctx.agent.dir)?),
-        };
+        let tool = Attached::start(ctx, config, "profile")?;
         for (workload, close) in [
             ("1 thread, FIN close", "fin"),
             ("1 thread, RST close", "rst"),
         ] {
-            let own = threads(tool.pid());
+            let own = tool.pid().map(threads).unwrap_or_default();
             let mut row = profile_storm(ctx, close, &own)?;
             row["config"] = json!(config);
             row["workload"] = json!(workload);

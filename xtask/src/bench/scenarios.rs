@@ -137,8 +137,8 @@ const WORKLOADS: [Workload; 4] = [
     },
 ];
 
-/// What is attached during the measured half of a pair.
-enum Attached {
+/// What is attached during the measured half of a pair (and during the storm's profile).
+pub enum Attached {
     Agent(Agent),
     /// The agent started with `--no-dns` ([`NO_DNS_CONFIG`]).
     AgentNoDns(Agent),
@@ -150,6 +150,40 @@ enum Attached {
 
 /// The configuration name of [`Attached::Noop`] in the report.
 pub const NOOP_CONFIG: &str = "no-op";
+
+impl Attached {
+    /// Starts configuration `config`: "agent", [`NO_DNS_CONFIG`], [`NOOP_CONFIG`] or a peer's
+    /// name; `name` names the agent's log and flow log.
+    pub fn start(ctx: &Ctx, config: &'static str, name: &str) -> Result<Attached> {
+        Ok(match config {
+            "agent" => Attached::Agent(Agent::start(&ctx.agent, name)?),
+            NO_DNS_CONFIG => {
+                Attached::AgentNoDns(Agent::start_with(&ctx.agent, name, &["--no-dns"])?)
+            }
+            NOOP_CONFIG => Attached::Noop(NoopProbe::attach("inet_sock_set_state")?),
+            peer => Attached::Peer(Peer::start(peer, &ctx.agent.dir)?),
+        })
+    }
+
+    /// The process of a tool (none for the no-op program, which the bench itself holds).
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Attached::Agent(a) | Attached::AgentNoDns(a) => Some(a.pid),
+            Attached::Noop(_) => None,
+            Attached::Peer(p) => Some(p.pid()),
+        }
+    }
+
+    /// Detaches: stops the tool, or drops the no-op program.
+    pub fn stop(self) -> Result<()> {
+        match self {
+            Attached::Agent(a) | Attached::AgentNoDns(a) => a.stop()?,
+            Attached::Noop(probe) => drop(probe),
+            Attached::Peer(p) => p.stop(),
+        }
+        Ok(())
+    }
+}
 
 /// The agent without its DNS programs: they run on every packet of every socket (cgroup
 /// `skb` hooks at the hierarchy's root), where the flow program runs a few times per
@@ -198,34 +232,20 @@ pub fn connection_cost(ctx: &Ctx, peers: &[&'static str]) -> Result<Value> {
                     continue;
                 }
                 eprintln!("[bench] pair {}/{}: {config}", pair + 1, ctx.sizes.pairs);
-                let attached = match config {
-                    "agent" => Attached::Agent(Agent::start(&ctx.agent, "cost")?),
-                    NO_DNS_CONFIG => {
-                        Attached::AgentNoDns(Agent::start_with(&ctx.agent, "cost", &["--no-dns"])?)
-                    }
-                    NOOP_CONFIG => Attached::Noop(NoopProbe::attach("inet_sock_set_state")?),
-                    peer => Attached::Peer(Peer::start(peer, &ctx.agent.dir)?),
-                };
-                let before = match &attached {
-                    Attached::Agent(a) => Some(ProcSample::take(a.pid)),
-                    Attached::AgentNoDns(_) | Attached::Noop(_) | Attached::Peer(_) => None,
+                let attached = Attached::start(ctx, config, "cost")?;
+                // The agent's own CPU and wake-ups, in full configuration only.
+                let agent = match &attached {
+                    Attached::Agent(a) => Some((a.pid, ProcSample::take(a.pid))),
+                    _ => None,
                 };
                 let (r, total) = run_storms(ctx)?;
                 with = r;
-                match attached {
-                    Attached::Agent(a) => {
-                        let after = ProcSample::take(a.pid);
-                        if let Some(b) = before {
-                            let (cpu, wakeups) = b.until(&after);
-                            agent_cpu.push(cpu / total.max(1) as f64 * 1e6);
-                            agent_wakeups.push(wakeups);
-                        }
-                        a.stop()?;
-                    }
-                    Attached::AgentNoDns(a) => a.stop()?,
-                    Attached::Noop(probe) => drop(probe),
-                    Attached::Peer(p) => p.stop(),
+                if let Some((pid, before)) = agent {
+                    let (cpu, wakeups) = before.until(&ProcSample::take(pid));
+                    agent_cpu.push(cpu / total.max(1) as f64 * 1e6);
+                    agent_wakeups.push(wakeups);
                 }
+                attached.stop()?;
             }
             let rows = rates
                 .entry(config)
