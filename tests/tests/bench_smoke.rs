@@ -11,18 +11,30 @@ fn bench_smoke_mode_produces_a_complete_report() {
     observer_tests::require_root();
     let out = tempfile::tempdir().expect("tempdir");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The bench's output is kept in a file and its end quoted on failure: a CI log shows only
+    // its last lines, and the cause would otherwise scroll away behind the backtrace.
+    let log_path = out.path().join("bench.log");
+    let log = std::fs::File::create(&log_path).expect("bench log");
     let status = Command::new(cargo)
         .args([
             "run", "-q", "-p", "xtask", "--", "bench", "--smoke", "--output",
         ])
         .arg(out.path())
+        .env("RUST_BACKTRACE", "0")
+        .stdout(log.try_clone().expect("bench log"))
+        .stderr(log)
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .status()
         .expect("run cargo xtask bench --smoke");
-    assert!(
-        status.success(),
-        "cargo xtask bench --smoke failed: {status}"
-    );
+    if !status.success() {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        eprintln!("{text}");
+        panic!(
+            "cargo xtask bench --smoke failed: {status}; its last lines:\n{}",
+            lines[lines.len().saturating_sub(12)..].join("\n")
+        );
+    }
     let text = std::fs::read_to_string(out.path().join("report.json")).expect("report.json");
     let r: Value = serde_json::from_str(&text).expect("report is JSON");
     assert_eq!(r["mode"], "smoke");
