@@ -355,13 +355,24 @@ pub const TCPLIFE: &str = "/usr/sbin/tcplife";
 impl Peer {
     pub fn start(name: &'static str, dir: &Path) -> Result<Peer> {
         let out = dir.join(format!("{name}.out"));
-        let mut cmd = match name {
-            "bpftrace" => {
-                let mut c = Command::new("bpftrace");
-                c.args(["-e", BPFTRACE_SCRIPT]);
-                c
-            }
-            _ => Command::new(TCPLIFE),
+        // Both attach classic tracepoints through tracefs. Each gets a tracefs of its own in
+        // a private mount namespace, so that it neither depends on the machine's mounts nor
+        // loses its tracefs when another run on the machine unmounts one (that once failed a
+        // run). `exec` keeps the pid: the peer's own.
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            "mount -t tracefs tracefs /sys/kernel/tracing && exec \"$@\"",
+            "sh",
+        ]);
+        match name {
+            "bpftrace" => cmd.args(["bpftrace", "-e", BPFTRACE_SCRIPT]),
+            _ => cmd.arg(TCPLIFE),
         };
         cmd.stdout(std::fs::File::create(&out)?)
             .stderr(std::fs::File::create(dir.join(format!("{name}.err")))?);

@@ -1,4 +1,4 @@
-//! The benchmark's test hosts and kernel settings, all removed or restored on drop.
+//! The benchmark's test hosts and their namespaces' settings, all removed on drop.
 //!
 //! Two network namespaces, `client` and `server`, on a bridge of their own that has no address
 //! and no route off the machine (PLATFORM.md's network rules): traffic can only go between them.
@@ -116,64 +116,6 @@ impl Drop for Lab {
         }
         let _ = Command::new("ip")
             .args(["link", "del", &format!("{}br", self.tag)])
-            .status();
-    }
-}
-
-/// tracefs at /sys/kernel/tracing, mounted for the benchmark when it was not (and unmounted
-/// after).
-pub struct Tracefs {
-    mounted_here: bool,
-}
-
-impl Tracefs {
-    pub fn mount() -> Result<Tracefs> {
-        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-        if mounts
-            .lines()
-            .any(|l| l.split_whitespace().nth(2) == Some("tracefs"))
-        {
-            return Ok(Tracefs {
-                mounted_here: false,
-            });
-        }
-        sh(
-            "mount",
-            &["-t", "tracefs", "tracefs", "/sys/kernel/tracing"],
-        )?;
-        Ok(Tracefs { mounted_here: true })
-    }
-}
-
-impl Drop for Tracefs {
-    fn drop(&mut self) {
-        if self.mounted_here {
-            let _ = Command::new("umount").arg("/sys/kernel/tracing").status();
-        }
-    }
-}
-
-/// A sysctl set for the benchmark and restored to its previous value on drop.
-pub struct Sysctl {
-    key: String,
-    previous: String,
-}
-
-impl Sysctl {
-    pub fn set(key: &str, value: &str) -> Result<Sysctl> {
-        let previous = sh("sysctl", &["-n", key])?.trim().to_owned();
-        sh("sysctl", &["-qw", &format!("{key}={value}")])?;
-        Ok(Sysctl {
-            key: key.to_owned(),
-            previous,
-        })
-    }
-}
-
-impl Drop for Sysctl {
-    fn drop(&mut self) {
-        let _ = Command::new("sysctl")
-            .args(["-qw", &format!("{}={}", self.key, self.previous)])
             .status();
     }
 }

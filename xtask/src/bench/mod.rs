@@ -184,8 +184,6 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     };
 
     let lab = Lab::new()?;
-    // bpftrace attaches classic tracepoints through tracefs.
-    let _tracefs = lab::Tracefs::mount()?;
     let inventory = out_dir.join("inventory.json");
     let (pods, services) = if smoke { (1_000, 200) } else { (10_000, 2_000) };
     let lab_pods = [

@@ -11,6 +11,9 @@ use anyhow::{Context, Result};
 /// `enum bpf_cmd` and `enum bpf_prog_type` (include/uapi/linux/bpf.h).
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
+const BPF_ENABLE_STATS: libc::c_long = 32;
+/// `enum bpf_stats_type`.
+const BPF_STATS_RUN_TIME: u32 = 0;
 const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
 
 /// `r0 = 0; exit`: `BPF_ALU64 | BPF_MOV | BPF_K` with immediate 0, then `BPF_JMP | BPF_EXIT`
@@ -38,6 +41,31 @@ struct RawTracepointOpen {
     name: u64,
     prog_fd: u32,
     _pad: u32,
+}
+
+/// `union bpf_attr` for `BPF_ENABLE_STATS`.
+#[repr(C)]
+struct EnableStats {
+    stats_type: u32,
+}
+
+/// The kernel's BPF run-time statistics, on while this lives. Through `BPF_ENABLE_STATS`, not
+/// the `kernel.bpf_stats_enabled` sysctl: the kernel counts the holders of such fds, so another
+/// run on the same machine (the sysctl is machine-wide) can neither turn the statistics off
+/// under this one nor be left with them on by it.
+pub struct RunTimeStats {
+    _fd: OwnedFd,
+}
+
+impl RunTimeStats {
+    pub fn enable() -> Result<RunTimeStats> {
+        let attr = EnableStats {
+            stats_type: BPF_STATS_RUN_TIME,
+        };
+        Ok(RunTimeStats {
+            _fd: bpf(BPF_ENABLE_STATS, &attr).context("enabling BPF run-time statistics")?,
+        })
+    }
 }
 
 /// The no-op program, attached while this lives (closing both fds detaches and unloads it).
@@ -121,7 +149,7 @@ mod tests {
             crate::is_root(),
             "loading BPF needs root: run the tests as root (cargo xtask test does)"
         );
-        let _stats = super::super::lab::Sysctl::set("kernel.bpf_stats_enabled", "1").unwrap();
+        let _stats = RunTimeStats::enable().unwrap();
         let probe = NoopProbe::attach("inet_sock_set_state").unwrap();
         let before = probe.stats().unwrap();
         // A refused loopback connect: CLOSE -> SYN_SENT, SYN_SENT -> CLOSE, at least.

@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 
 use super::{
     agent::{Agent, AgentSetup, Peer, ProcSample, dns_program_stats, map_memory, program_stats},
-    lab::{Lab, Proc, Sysctl},
-    noop::NoopProbe,
+    lab::{Lab, Proc},
+    noop::{NoopProbe, RunTimeStats},
     stats::{bootstrap_ci95_median, median, percentile},
 };
 
@@ -360,7 +360,7 @@ fn kernel_fields(out: &mut serde_json::Map<String, Value>, kind: &str, windows: 
 /// clock reads): the difference is the program's own. Each kind is measured in
 /// [`KERNEL_WINDOWS`] windows. Also the agent's idle wake-ups.
 pub fn kernel_program(ctx: &Ctx) -> Result<Value> {
-    let _stats = Sysctl::set("kernel.bpf_stats_enabled", "1")?;
+    let _stats = RunTimeStats::enable()?;
     // Established before the agent starts, a holder per window: their close transitions are
     // all filtered runs.
     let per_hold = (ctx.sizes.held / KERNEL_WINDOWS).max(1);
