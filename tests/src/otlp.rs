@@ -145,6 +145,14 @@ impl Receiver {
         format!("http://{}", self.addr)
     }
 
+    /// Export requests received so far.
+    pub fn requests(&self) -> usize {
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
     /// Every span received so far.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());

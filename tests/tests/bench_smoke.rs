@@ -181,6 +181,13 @@ fn bench_smoke_mode_produces_a_complete_report() {
     assert_eq!(e["lost"].as_f64(), Some(0.0), "{e}");
     assert_eq!(r["latency"]["missed"], 0, "{}", r["latency"]);
 
+    // The agent runs in full: the storms' flows (graph-gateway to rabbitmq on ports the model
+    // does not allow, and to addresses outside the cluster) are unexpected, so it exports spans.
+    let t = &r["traces"];
+    assert!(t["exported_to"].is_string(), "{t}");
+    assert!(t["requests"].as_u64().is_some_and(|n| n > 0), "{t}");
+    assert!(t["spans"].as_u64().is_some_and(|n| n > 0), "{t}");
+
     let targets = r["targets"].as_array().expect("targets");
     assert_eq!(targets.len(), 9, "{targets:#?}");
     for t in targets {

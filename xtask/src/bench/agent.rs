@@ -2,7 +2,7 @@
 //! the peers measured on the same hook (bpftrace, BCC's tcplife).
 
 use std::{
-    io::{Read, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -29,6 +29,8 @@ pub struct AgentSetup {
     pub architecture: PathBuf,
     pub inventory: PathBuf,
     pub dir: PathBuf,
+    /// Where the agent exports its traces (`--otlp-endpoint`): a [`TraceSink`].
+    pub otlp_endpoint: Option<String>,
 }
 
 pub struct Agent {
@@ -65,6 +67,12 @@ impl Agent {
             // accepted side too, so exactness can be checked at both ends.
             .args(["--ingress", "all"])
             .args(["--pod-cidr", POD_CIDR, "--service-cidr", SERVICE_CIDR])
+            .args(
+                setup
+                    .otlp_endpoint
+                    .iter()
+                    .flat_map(|e| ["--otlp-endpoint", e.as_str()]),
+            )
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -410,5 +418,37 @@ impl Peer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// A local OTLP receiver the agents export their traces to (`otlp-sink`, from the tests
+/// crate): the agent in full exports traces, as a node's agent does to its collector.
+pub struct TraceSink {
+    proc: Proc,
+    pub endpoint: String,
+}
+
+impl TraceSink {
+    pub fn start(bin: &Path) -> Result<TraceSink> {
+        let mut cmd = Command::new(bin);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut proc = Proc::spawn_piped(cmd)?;
+        let mut line = String::new();
+        BufReader::new(proc.0.stdout.as_mut().context("stdout")?).read_line(&mut line)?;
+        let v: Value = serde_json::from_str(&line)
+            .with_context(|| format!("otlp-sink did not start: {line:?}"))?;
+        let endpoint = v["endpoint"]
+            .as_str()
+            .with_context(|| format!("otlp-sink printed no endpoint: {line:?}"))?
+            .to_owned();
+        Ok(TraceSink { proc, endpoint })
+    }
+
+    /// Closes the receiver; what it received over its life: {"requests":N,"spans":M}.
+    pub fn finish(mut self) -> Result<Value> {
+        drop(self.proc.0.stdin.take());
+        let mut line = String::new();
+        BufReader::new(self.proc.0.stdout.as_mut().context("stdout")?).read_line(&mut line)?;
+        serde_json::from_str(&line).with_context(|| format!("otlp-sink's last line: {line:?}"))
     }
 }

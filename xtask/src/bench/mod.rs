@@ -194,17 +194,24 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         &inventory,
         inventory::generate(pods, services, &lab_pods).to_string(),
     )?;
+    let agent_bin = args
+        .observer_bin
+        .clone()
+        .unwrap_or_else(|| bins.join("observer"));
+    let help = Command::new(&agent_bin).args(["run", "--help"]).output()?;
+    // An older build given with --observer-bin may have no trace export.
+    let traces = if String::from_utf8_lossy(&help.stdout).contains("--otlp-endpoint") {
+        Some(agent::TraceSink::start(&bins.join("otlp-sink"))?)
+    } else {
+        None
+    };
     let setup = AgentSetup {
-        bin: args
-            .observer_bin
-            .clone()
-            .unwrap_or_else(|| bins.join("observer")),
+        bin: agent_bin,
         architecture: super::root().join("deploy/architecture/trackunit.yaml"),
         inventory,
         dir: out_dir.clone(),
+        otlp_endpoint: traces.as_ref().map(|t| t.endpoint.clone()),
     };
-    let help = Command::new(&setup.bin).args(["run", "--help"]).output()?;
-    let otlp = String::from_utf8_lossy(&help.stdout).contains("otlp");
 
     let machine = machine();
     let command = if smoke {
@@ -260,6 +267,20 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let exact = section("exactness", &scenarios::exactness)?;
     let memory = section("memory", &scenarios::memory)?;
     drop(ctx);
+    let traces = match traces {
+        Some(sink) => {
+            let received = sink.finish()?;
+            json!({
+                "exported_to": "a local OTLP receiver (tests/src/bin/otlp-sink.rs)",
+                "requests": received["requests"],
+                "spans": received["spans"],
+            })
+        }
+        None => json!({
+            "exported_to": null,
+            "why": "`observer run --help` has no --otlp-endpoint: this build exports no traces",
+        }),
+    };
 
     let mut machine = machine;
     machine["loadavg_end"] = json!(
@@ -277,7 +298,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         "sizes": format!("{sizes:?}"),
         "inventory": {"pods": pods, "services": services},
         "peers_skipped": missing,
-        "traces": if otlp { "exported to a local receiver" } else { "not measured: `observer run --help` has no OTLP option; the agent exports no traces" },
+        "traces": traces,
         "connection_cost": cost,
         "storm_profile": profile,
         "kernel_program": kernel,

@@ -245,7 +245,7 @@ pub fn markdown(r: &Value) -> String {
         f(&c["agent_wakeups_per_second"]),
         f(&c["agent_wakeups_per_second_max"]),
         f(&k["agent_idle_wakeups_per_second"]),
-        r["traces"].as_str().unwrap_or("")
+        traces(&r["traces"])
     );
     storm_profile(&mut s, r);
     let _ = writeln!(
@@ -495,6 +495,17 @@ fn storm_profile(s: &mut String, r: &Value) {
     let _ = writeln!(s);
 }
 
+/// Where the agent's traces went over the run, in words.
+fn traces(t: &Value) -> String {
+    match t["exported_to"].as_str() {
+        Some(to) => format!(
+            "exported to {to}, which received {} spans in {} requests over the run",
+            t["spans"], t["requests"]
+        ),
+        None => format!("none ({})", t["why"].as_str().unwrap_or("not recorded")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,5 +533,17 @@ mod tests {
         );
         assert_eq!(profiled_share(&json!({})), "");
         assert_eq!(profiled_costs(&json!({})), "");
+    }
+
+    #[test]
+    fn the_traces_sentence_says_what_the_receiver_got_or_why_none() {
+        assert_eq!(
+            traces(&json!({"exported_to": "a sink", "requests": 3, "spans": 40})),
+            "exported to a sink, which received 40 spans in 3 requests over the run"
+        );
+        assert_eq!(
+            traces(&json!({"exported_to": null, "why": "no option"})),
+            "none (no option)"
+        );
     }
 }
