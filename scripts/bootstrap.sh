@@ -5,14 +5,17 @@
 #     bpftool, iptables (tests drop SYNs / emulate kube-proxy DNAT), prometheus (promtool, alert tests,
 #     the report's Prometheus source), chromium (headless: the HTML report test reads its DOM),
 #     dnsmasq-base (the DNS tests' name server, run in a test namespace; no service is installed),
-#     linux-perf (`perf record -a`: the bench's CPU profile of the storm, which the smoke test runs).
+#     linux-perf (`perf record -a`: the bench's CPU profile of the storm, which the smoke test runs),
+#     bpftrace and libbpf-tools (the peers the bench measures against, in the smoke test too:
+#     a bpftrace script and libbpf-tools' CO-RE `tcplife`).
 #   - rust-src for the nightly toolchain (the kernel crate is built with -Z build-std=core).
 #   - bpf-linker 0.13 from crates.io, built against Debian's LLVM 22.
 #   - cargo-fuzz 0.13 from crates.io (the test command fuzzes the DNS answer path for 30 s).
 set -euo pipefail
 log() { echo "[bootstrap] $*" >&2; }
 
-PKGS=(llvm-22-dev libpolly-22-dev bpftool iptables prometheus chromium dnsmasq-base linux-perf)
+PKGS=(llvm-22-dev libpolly-22-dev bpftool iptables prometheus chromium dnsmasq-base linux-perf
+      bpftrace libbpf-tools)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

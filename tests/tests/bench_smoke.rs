@@ -46,8 +46,9 @@ fn bench_smoke_mode_produces_a_complete_report() {
     }
 
     let rows = r["connection_cost"]["rows"].as_array().expect("rows");
-    // Four workloads, each with the agent and every installed peer.
-    assert!(rows.len() >= 4 && rows.len().is_multiple_of(4), "{rows:#?}");
+    // Four workloads, each with the agent, the agent without DNS, the no-op program and both
+    // peers.
+    assert_eq!(rows.len(), 20, "{rows:#?}");
     for row in rows {
         for key in [
             "workload",
@@ -74,32 +75,30 @@ fn bench_smoke_mode_produces_a_complete_report() {
         configs.contains(&"agent --no-dns"),
         "the DNS programs' share is measured: {configs:?}"
     );
-    // A peer is either measured or named as skipped.
-    let skipped = r["peers_skipped"].as_array().expect("peers_skipped");
+    // Both peers are measured (scripts/bootstrap.sh installs them).
     for peer in ["bpftrace", "tcplife"] {
-        assert!(
-            configs.contains(&peer)
-                || skipped
-                    .iter()
-                    .any(|s| s.as_str().is_some_and(|s| s.starts_with(peer))),
-            "{peer} neither measured nor skipped"
-        );
+        assert!(configs.contains(&peer), "{peer} not measured: {configs:?}");
     }
 
     // The storm's CPU profile (scripts/bootstrap.sh installs perf): each tool's parts, which
     // add up.
     let profile = &r["storm_profile"];
-    assert!(profile["skipped"].is_null(), "profile skipped: {profile}");
     let rows = profile["rows"].as_array().expect("profile rows");
-    // The agent and the agent without DNS capture, each on two workloads, then the peers.
-    assert!(
-        rows.len() >= 4 && rows.len().is_multiple_of(2),
-        "{profile:#}"
-    );
+    // The agent, the agent without DNS capture and the peers, each on two workloads.
     let configs: Vec<&str> = rows.iter().filter_map(|x| x["config"].as_str()).collect();
     assert_eq!(
-        configs[..4],
-        ["agent", "agent", "agent --no-dns", "agent --no-dns"]
+        configs,
+        [
+            "agent",
+            "agent",
+            "agent --no-dns",
+            "agent --no-dns",
+            "bpftrace",
+            "bpftrace",
+            "tcplife",
+            "tcplife"
+        ],
+        "{profile:#}"
     );
     for row in rows {
         assert!(row["connections"].as_u64().is_some_and(|n| n > 0), "{row}");

@@ -341,18 +341,28 @@ pub struct Peer {
 /// when the map is printed).
 pub const BPFTRACE_SCRIPT: &str = "tracepoint:sock:inet_sock_set_state /args->protocol == 6 && args->oldstate == 2/ { @connects[ntop(args->saddr), ntop(args->daddr), args->dport] = count(); }";
 
-/// Which peers are installed; the others are named with why.
-pub fn peers_available() -> (Vec<&'static str>, Vec<String>) {
-    let mut ok = Vec::new();
-    let mut missing = Vec::new();
-    for (name, path) in [("bpftrace", "/usr/bin/bpftrace"), ("tcplife", TCPLIFE)] {
-        if Path::new(path).exists() {
-            ok.push(name);
-        } else {
-            missing.push(format!("{name}: {path} is not installed"));
-        }
+/// The peers measured on the same hook, by their configuration names.
+pub const PEERS: [&str; 2] = ["bpftrace", "tcplife"];
+
+/// Fails, naming each missing tool, its Debian package and the command that installs it,
+/// unless the peers and perf are installed (scripts/bootstrap.sh installs them all).
+pub fn require_tools() -> Result<()> {
+    let missing: Vec<String> = [
+        ("/usr/bin/bpftrace", "bpftrace"),
+        (TCPLIFE, "libbpf-tools"),
+        (super::profile::PERF, "linux-perf"),
+    ]
+    .iter()
+    .filter(|(path, _)| !Path::new(path).exists())
+    .map(|(path, package)| format!("{path} (Debian {package})"))
+    .collect();
+    if !missing.is_empty() {
+        bail!(
+            "the bench needs {}: run `cargo xtask bootstrap` as root, which installs them",
+            missing.join(", ")
+        );
     }
-    (ok, missing)
+    Ok(())
 }
 
 /// tcplife as libbpf-tools builds it (Debian `libbpf-tools`): BCC's tool ported to CO-RE. BCC's

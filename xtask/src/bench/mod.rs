@@ -25,7 +25,7 @@ use self::{
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// A seconds-long run of every scenario at tiny sizes (debug builds, one pair); checks the
-    /// harness, not the numbers. Peers that are not installed are skipped (and said so).
+    /// harness, not the numbers.
     #[arg(long)]
     smoke: bool,
     /// Pairs of alternating repetitions per configuration (default 10; 1 in smoke mode).
@@ -35,10 +35,6 @@ pub struct BenchArgs {
     /// (default: <target>/bench or <target>/bench-smoke).
     #[arg(long)]
     output: Option<PathBuf>,
-    /// Do not install the peers (bpftrace, bpfcc-tools, libbpf-tools) and perf with apt-get when
-    /// missing.
-    #[arg(long)]
-    no_install: bool,
     /// Do not write BENCHMARKS.md (a full run writes it by default).
     #[arg(long)]
     no_markdown: bool,
@@ -67,32 +63,6 @@ fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| super::root().join("target"))
-}
-
-/// Installs the peers (not part of bootstrap: the test command does not need them) and perf
-/// (for the storm's CPU profile; bootstrap installs it too) from Debian, logging each step.
-fn install_peers() -> Result<()> {
-    let (_, mut missing) = agent::peers_available();
-    if !std::path::Path::new(profile::PERF).exists() {
-        missing.push(format!("{} (the storm's CPU profile)", profile::PERF));
-    }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("[bench] installing the peers and perf: {missing:?}");
-    super::run(Command::new("apt-get").arg("update"))?;
-    super::run(
-        Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "--no-install-recommends",
-                "bpftrace",
-                "bpfcc-tools",
-                "linux-perf",
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
 }
 
 fn machine() -> Value {
@@ -158,13 +128,6 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| target_dir().join(if smoke { "bench-smoke" } else { "bench" }));
     std::fs::create_dir_all(&out_dir).with_context(|| format!("{}", out_dir.display()))?;
-    if !smoke && !args.no_install {
-        install_peers()?;
-    }
-    let (peers, missing) = agent::peers_available();
-    for m in &missing {
-        eprintln!("[bench] !!! SKIPPING PEER {m} !!!");
-    }
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let bins = if args.no_build {
@@ -182,6 +145,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         super::run(&mut build)?;
         target_dir().join(if smoke { "debug" } else { "release" })
     };
+    agent::require_tools()?;
+    let peers = agent::PEERS;
 
     let lab = Lab::new()?;
     let inventory = out_dir.join("inventory.json");
@@ -297,7 +262,6 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         "machine": machine,
         "sizes": format!("{sizes:?}"),
         "inventory": {"pods": pods, "services": services},
-        "peers_skipped": missing,
         "traces": traces,
         "connection_cost": cost,
         "storm_profile": profile,

@@ -233,9 +233,6 @@ pub fn markdown(r: &Value) -> String {
             f(&x["ratio_ci95"][1])
         );
     }
-    for p in r["peers_skipped"].as_array().into_iter().flatten() {
-        let _ = writeln!(s, "\n**Peer skipped**: {}", p.as_str().unwrap_or(""));
-    }
     let c = &r["connection_cost"];
     let k = &r["kernel_program"];
     let _ = writeln!(
@@ -442,13 +439,6 @@ fn baseline_per_second(r: &Value, workload: &str) -> Option<f64> {
 /// as a share of a connection's time with nothing attached (same workload, same run).
 fn storm_profile(s: &mut String, r: &Value) {
     let p = &r["storm_profile"];
-    if let Some(why) = p["skipped"].as_str() {
-        let _ = writeln!(
-            s,
-            "## Where the storm's cost goes\n\nNot profiled: {why}.\n"
-        );
-        return;
-    }
     let Some(rows) = p["rows"].as_array() else {
         return;
     };
