@@ -153,6 +153,17 @@ impl Receiver {
             .len()
     }
 
+    /// How many spans were received so far (without copying them, as [`spans`](Self::spans) does).
+    pub fn span_count(&self) -> usize {
+        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        requests
+            .iter()
+            .flat_map(|r| &r.resource_spans)
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum()
+    }
+
     /// Every span received so far.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());

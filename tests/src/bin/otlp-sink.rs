@@ -19,6 +19,6 @@ fn main() {
     let _ = writeln!(
         out,
         "{}",
-        serde_json::json!({"requests": receiver.requests(), "spans": receiver.spans().len()})
+        serde_json::json!({"requests": receiver.requests(), "spans": receiver.span_count()})
     );
 }

@@ -30,7 +30,7 @@ pub struct AgentSetup {
     pub inventory: PathBuf,
     pub dir: PathBuf,
     /// Where the agent exports its traces (`--otlp-endpoint`): a [`TraceSink`].
-    pub otlp_endpoint: Option<String>,
+    pub otlp_endpoint: String,
 }
 
 pub struct Agent {
@@ -67,12 +67,7 @@ impl Agent {
             // accepted side too, so exactness can be checked at both ends.
             .args(["--ingress", "all"])
             .args(["--pod-cidr", POD_CIDR, "--service-cidr", SERVICE_CIDR])
-            .args(
-                setup
-                    .otlp_endpoint
-                    .iter()
-                    .flat_map(|e| ["--otlp-endpoint", e.as_str()]),
-            )
+            .args(["--otlp-endpoint", &setup.otlp_endpoint])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

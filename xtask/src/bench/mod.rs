@@ -163,19 +163,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         .observer_bin
         .clone()
         .unwrap_or_else(|| bins.join("observer"));
-    let help = Command::new(&agent_bin).args(["run", "--help"]).output()?;
-    // An older build given with --observer-bin may have no trace export.
-    let traces = if String::from_utf8_lossy(&help.stdout).contains("--otlp-endpoint") {
-        Some(agent::TraceSink::start(&bins.join("otlp-sink"))?)
-    } else {
-        None
-    };
+    let traces = agent::TraceSink::start(&bins.join("otlp-sink"))?;
     let setup = AgentSetup {
         bin: agent_bin,
         architecture: super::root().join("deploy/architecture/trackunit.yaml"),
         inventory,
         dir: out_dir.clone(),
-        otlp_endpoint: traces.as_ref().map(|t| t.endpoint.clone()),
+        otlp_endpoint: traces.endpoint.clone(),
     };
 
     let machine = machine();
@@ -232,20 +226,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let exact = section("exactness", &scenarios::exactness)?;
     let memory = section("memory", &scenarios::memory)?;
     drop(ctx);
-    let traces = match traces {
-        Some(sink) => {
-            let received = sink.finish()?;
-            json!({
-                "exported_to": "a local OTLP receiver (tests/src/bin/otlp-sink.rs)",
-                "requests": received["requests"],
-                "spans": received["spans"],
-            })
-        }
-        None => json!({
-            "exported_to": null,
-            "why": "`observer run --help` has no --otlp-endpoint: this build exports no traces",
-        }),
-    };
+    let received = traces.finish()?;
+    let traces = json!({
+        "exported_to": "a local OTLP receiver (tests/src/bin/otlp-sink.rs)",
+        "requests": received["requests"],
+        "spans": received["spans"],
+    });
 
     let mut machine = machine;
     machine["loadavg_end"] = json!(
