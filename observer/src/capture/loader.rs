@@ -32,12 +32,32 @@ pub enum CaptureError {
     NoBtf(std::io::Error),
     #[error("{0}; observer needs Linux 5.8 or later")]
     Btf(#[from] BtfError),
-    #[error("loading the kernel program failed: {0}")]
+    #[error("loading the kernel program's maps failed: {0}")]
     Load(#[source] aya::EbpfError),
+    /// The verifier refused one of observer's programs: never the user's doing.
     #[error(
-        "attaching to raw tracepoint sock/inet_sock_set_state failed: {0}; observer needs raw tracepoints (Linux 4.17+) and that tracepoint (Linux 4.16+)"
+        "the kernel ({kernel}) refused observer's {program} program: {verifier}; this is a bug in observer, please report it"
     )]
-    Attach(#[source] aya::programs::ProgramError),
+    Refused {
+        kernel: String,
+        program: &'static str,
+        /// The verifier's last lines, on one line.
+        verifier: String,
+    },
+    /// A kernel feature the agent needs, detected as missing before loading.
+    #[error("the kernel ({kernel}) has no {feature}; observer needs it ({since})")]
+    MissingFeature {
+        kernel: String,
+        feature: &'static str,
+        since: &'static str,
+    },
+    /// Loading or attaching failed without a verifier verdict.
+    #[error("attaching observer's {program} program failed: {reason}")]
+    Attach {
+        program: &'static str,
+        /// The error and its causes on one line.
+        reason: String,
+    },
     #[error("the kernel object has no {0}; it does not match this agent (rebuild both)")]
     Missing(&'static str),
     #[error(
@@ -61,6 +81,72 @@ pub enum CaptureError {
     DnsCapability,
     #[error("the kernel object is not a readable ELF file ({0}); rebuild the agent")]
     Object(&'static str),
+}
+
+/// The running kernel's release (`uname -r`), for messages.
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_owned())
+        .unwrap_or_else(|_| "unknown release".into())
+}
+
+/// How many of the verifier's last lines a refusal quotes: the verdict and the statistics
+/// after it (e.g. "combined stack size of 2 calls is 672. Too large", "stack depth 312+344").
+const VERIFIER_LINES: usize = 4;
+
+/// The last [`VERIFIER_LINES`] non-empty lines of a verifier log, joined by " | ".
+pub fn verifier_tail(log: &str) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let from = lines.len().saturating_sub(VERIFIER_LINES);
+    lines[from..].join(" | ")
+}
+
+/// What a failed `load()` or `attach()` of `program` means: a refusal when the verifier said
+/// why, else the error and its causes. Never a guess at a missing feature: those are detected
+/// before loading ([`check_kernel_features`]).
+pub fn program_error(program: &'static str, error: aya::programs::ProgramError) -> CaptureError {
+    if let aya::programs::ProgramError::LoadError { verifier_log, .. } = &error {
+        let verifier = verifier_tail(&verifier_log.to_string());
+        if !verifier.is_empty() {
+            return CaptureError::Refused {
+                kernel: kernel_release(),
+                program,
+                verifier,
+            };
+        }
+    }
+    let mut reason = error.to_string();
+    let mut cause = std::error::Error::source(&error);
+    while let Some(c) = cause {
+        reason.push_str(": ");
+        reason.push_str(&c.to_string());
+        cause = c.source();
+    }
+    CaptureError::Attach { program, reason }
+}
+
+/// Detects the kernel features the flow program needs, so that a missing one is named as
+/// such: the raw tracepoint (its BTF typedef) and ring buffer maps (a probe).
+pub fn check_kernel_features(btf: &Btf) -> Result<(), CaptureError> {
+    let missing = |feature, since| CaptureError::MissingFeature {
+        kernel: kernel_release(),
+        feature,
+        since,
+    };
+    if !btf.has_raw_tracepoint(names::TRACEPOINT) {
+        return Err(missing(
+            "raw tracepoint sock/inet_sock_set_state",
+            "Linux 4.16+",
+        ));
+    }
+    if !aya::sys::is_map_supported(aya::maps::MapType::RingBuf).unwrap_or(true) {
+        return Err(missing("BPF ring buffer maps", "Linux 5.8+"));
+    }
+    Ok(())
 }
 
 /// Capabilities the agent needs, from `capabilities(7)`: the bit number in `CapEff` and why.
@@ -236,6 +322,7 @@ pub fn load_and_attach(sizes: MapSizes) -> Result<Ebpf, CaptureError> {
     check_capabilities()?;
     let btf_data = fs::read(Path::new(KERNEL_BTF)).map_err(CaptureError::NoBtf)?;
     let btf = Btf::parse(&btf_data)?;
+    check_kernel_features(&btf)?;
     let offsets = sock_offsets(&btf)?;
     let dns = dns_offsets(&btf)?;
     tracing::debug!(?offsets, ?dns, "socket field offsets from kernel BTF");
@@ -268,11 +355,13 @@ pub fn load_and_attach(sizes: MapSizes) -> Result<Ebpf, CaptureError> {
         .program_mut(names::PROGRAM)
         .ok_or(CaptureError::Missing("program inet_sock_set_state"))?
         .try_into()
-        .map_err(CaptureError::Attach)?;
-    program.load().map_err(CaptureError::Attach)?;
+        .map_err(|e| program_error(names::PROGRAM, e))?;
+    program
+        .load()
+        .map_err(|e| program_error(names::PROGRAM, e))?;
     program
         .attach(names::TRACEPOINT)
-        .map_err(CaptureError::Attach)?;
+        .map_err(|e| program_error(names::PROGRAM, e))?;
     Ok(ebpf)
 }
 
@@ -333,6 +422,58 @@ mod tests {
         let mut o = object();
         o.truncate(o.len() - 40);
         assert!(patch_sock_cast(&mut o, None).is_err());
+    }
+
+    /// The refusal main's program met on kernels without a private stack, as aya reports it.
+    const REFUSAL: &str = "func#0 @0\nfunc#1 @1137\n...\ncombined stack size of 2 calls is 672. Too large\nverification time 1481 usec\nstack depth 312+344+0+24\nprocessed 1054 insns (limit 1000000) max_states_per_insn 1 total_states 79 peak_states 79 mark_read 17\n\n";
+
+    #[test]
+    fn a_refusal_quotes_the_verifiers_last_lines_and_says_it_is_observers_bug() {
+        assert_eq!(
+            verifier_tail(REFUSAL),
+            "combined stack size of 2 calls is 672. Too large | verification time 1481 usec | stack depth 312+344+0+24 | processed 1054 insns (limit 1000000) max_states_per_insn 1 total_states 79 peak_states 79 mark_read 17"
+        );
+        let e = CaptureError::Refused {
+            kernel: "6.1.0-57-amd64".into(),
+            program: "inet_sock_set_state",
+            verifier: verifier_tail(REFUSAL),
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("the kernel (6.1.0-57-amd64) refused observer's inet_sock_set_state program: combined stack size of 2 calls is 672. Too large | "),
+            "{msg}"
+        );
+        assert!(
+            msg.ends_with("; this is a bug in observer, please report it"),
+            "{msg}"
+        );
+        assert!(!msg.contains("needs"), "no guessed feature: {msg}");
+        assert_eq!(verifier_tail("\n\n"), "");
+    }
+
+    /// The object's call chains, as build.rs measured and held them to the budget.
+    #[test]
+    fn the_kernel_objects_call_chains_fit_the_budget() {
+        if KERNEL_OBJECT.is_empty() {
+            eprintln!("!!! SKIPPED: built without the kernel program (no bpf-linker) !!!");
+            return;
+        }
+        let chains = bpf_stack::Object::parse(KERNEL_OBJECT)
+            .unwrap()
+            .chains()
+            .unwrap();
+        let names: Vec<&str> = chains.iter().map(|c| c.program.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                names::DNS_EGRESS_PROGRAM,
+                names::DNS_INGRESS_PROGRAM,
+                names::PROGRAM
+            ]
+        );
+        for c in &chains {
+            assert!(c.total() <= 384, "{c}");
+        }
     }
 
     #[test]
