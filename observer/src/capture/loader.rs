@@ -313,9 +313,42 @@ pub struct MapSizes {
     pub dns_queries: u32,
 }
 
-/// Loads the kernel program with this kernel's offsets and attaches it to
-/// `sock/inet_sock_set_state` (a raw tracepoint: no tracefs needed).
-pub fn load_and_attach(sizes: MapSizes) -> Result<Ebpf, CaptureError> {
+/// The kernel object patched for this kernel, and the globals and map sizes to load it with:
+/// everything a load needs, whether it attaches ([`load_and_attach`]) or only asks the
+/// verifier ([`super::verify`]).
+pub struct Prepared {
+    /// The patched object at offset `at` of `buffer`, which keeps it 8-byte aligned (the ELF
+    /// parser wants that, as include_bytes_aligned! keeps the original).
+    buffer: Vec<u8>,
+    at: usize,
+    offsets: SockOffsets,
+    dns: DnsOffsets,
+    sizes: MapSizes,
+}
+
+impl Prepared {
+    pub fn object(&self) -> &[u8] {
+        &self.buffer[self.at..self.at + KERNEL_OBJECT.len()]
+    }
+
+    /// A loader that writes this kernel's offsets into the object's globals (frozen, so the
+    /// verifier sees them as constants) and sizes its maps.
+    pub fn loader(&self) -> EbpfLoader<'_> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global(OFFSETS_GLOBAL, &self.offsets, true)
+            .override_global(DNS_OFFSETS_GLOBAL, &self.dns, true)
+            .map_max_entries(names::DNS_RESPONSES, self.sizes.dns_ring_bytes)
+            .map_max_entries(names::DNS_QUERIES, self.sizes.dns_queries)
+            .map_max_entries(names::FLOWS, self.sizes.flows)
+            .map_max_entries(names::FLOW_EVENTS, self.sizes.ring_bytes);
+        loader
+    }
+}
+
+/// Checks what the kernel program needs (capabilities, BTF, kernel features), finds this
+/// kernel's offsets and patches the object for it.
+pub fn prepare(sizes: MapSizes) -> Result<Prepared, CaptureError> {
     if KERNEL_OBJECT.is_empty() {
         return Err(CaptureError::NoKernelObject);
     }
@@ -334,7 +367,6 @@ pub fn load_and_attach(sizes: MapSizes) -> Result<Ebpf, CaptureError> {
             "the kernel has no {RDONLY_CAST} (Linux 6.2+): reading sockets through bpf_probe_read_kernel, which costs more per connection"
         );
     }
-    // The ELF parser wants the object 8-byte aligned, as include_bytes_aligned! keeps it.
     let mut buffer = vec![0u8; KERNEL_OBJECT.len() + 8];
     let at = buffer.as_ptr().align_offset(8);
     let object = &mut buffer[at..at + KERNEL_OBJECT.len()];
@@ -342,14 +374,22 @@ pub fn load_and_attach(sizes: MapSizes) -> Result<Ebpf, CaptureError> {
     if patch_sock_cast(object, kfunc)? == 0 {
         return Err(CaptureError::Missing("socket cast placeholder"));
     }
-    let mut ebpf = EbpfLoader::new()
-        .override_global(OFFSETS_GLOBAL, &offsets, true)
-        .override_global(DNS_OFFSETS_GLOBAL, &dns, true)
-        .map_max_entries(names::DNS_RESPONSES, sizes.dns_ring_bytes)
-        .map_max_entries(names::DNS_QUERIES, sizes.dns_queries)
-        .map_max_entries(names::FLOWS, sizes.flows)
-        .map_max_entries(names::FLOW_EVENTS, sizes.ring_bytes)
-        .load(object)
+    Ok(Prepared {
+        buffer,
+        at,
+        offsets,
+        dns,
+        sizes,
+    })
+}
+
+/// Loads the kernel program with this kernel's offsets and attaches it to
+/// `sock/inet_sock_set_state` (a raw tracepoint: no tracefs needed).
+pub fn load_and_attach(sizes: MapSizes) -> Result<Ebpf, CaptureError> {
+    let prepared = prepare(sizes)?;
+    let mut ebpf = prepared
+        .loader()
+        .load(prepared.object())
         .map_err(CaptureError::Load)?;
     let program: &mut RawTracePoint = ebpf
         .program_mut(names::PROGRAM)
