@@ -51,6 +51,11 @@ pub enum CaptureError {
         feature: &'static str,
         since: &'static str,
     },
+    /// Before Linux 5.11, maps count against RLIMIT_MEMLOCK.
+    #[error(
+        "the kernel ({kernel}) charges BPF maps to the locked-memory limit (before Linux 5.11), which is {limit} bytes here and could not be raised: grant CAP_SYS_RESOURCE or run with an unlimited memlock limit (ulimit -l unlimited)"
+    )]
+    MemlockLimit { kernel: String, limit: u64 },
     /// Loading or attaching failed without a verifier verdict.
     #[error("attaching observer's {program} program failed: {reason}")]
     Attach {
@@ -300,6 +305,71 @@ pub fn patch_sock_cast(obj: &mut [u8], kfunc: Option<u32>) -> Result<usize, Capt
     Ok(patched)
 }
 
+/// The BPF memory allocator's struct (Linux 6.1+), with which tracing programs may create map
+/// elements at run time.
+const BPF_MEM_ALLOC: &str = "bpf_mem_alloc";
+
+/// `BPF_F_NO_PREALLOC` (uapi `linux/bpf.h`).
+const NO_PREALLOC: u32 = 1;
+
+/// Clears `BPF_F_NO_PREALLOC` in the definition of map `name` (aya's `bpf_map_def` in the
+/// object's `maps` section: type, key size, value size, max entries, flags, ...).
+pub fn preallocate(obj: &mut [u8], name: &'static str) -> Result<(), CaptureError> {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+    const FLAGS_AT: u64 = 16;
+    let bad = || CaptureError::Object("its maps section does not hold the map definitions");
+    let at = {
+        let file = object::File::parse(&*obj).map_err(|_| bad())?;
+        let sym = file
+            .symbols()
+            .find(|s| s.name() == Ok(name))
+            .ok_or(CaptureError::Missing(name))?;
+        let section = file
+            .section_by_index(sym.section_index().ok_or_else(bad)?)
+            .map_err(|_| bad())?;
+        let (start, size) = section.file_range().ok_or_else(bad)?;
+        let within = sym.address() - section.address() + FLAGS_AT;
+        if within + 4 > size {
+            return Err(bad());
+        }
+        (start + within) as usize
+    };
+    let field = obj.get_mut(at..at + 4).ok_or_else(bad)?;
+    let flags = u32::from_le_bytes(field.try_into().map_err(|_| bad())?);
+    field.copy_from_slice(&(flags & !NO_PREALLOC).to_le_bytes());
+    Ok(())
+}
+
+/// Before Linux 5.11 the kernel charges BPF maps to the RLIMIT_MEMLOCK of the user creating
+/// them (from 5.11, to the memory cgroup, and the limit no longer matters): there the agent
+/// lifts the limit, which needs CAP_SYS_RESOURCE unless the runtime already raised it.
+fn raise_memlock_limit(btf: &Btf) -> Result<(), CaptureError> {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct it is given and changes only this process's limit.
+    let raised = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0;
+    // `struct bpf_map` gained its `memcg` member when maps moved to memory-cgroup accounting.
+    let charged_to_memcg = btf.offset_of("bpf_map", &["memcg"]).is_ok();
+    if raised || charged_to_memcg {
+        return Ok(());
+    }
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct it is given.
+    unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut current) };
+    if current.rlim_cur == libc::RLIM_INFINITY {
+        return Ok(());
+    }
+    Err(CaptureError::MemlockLimit {
+        kernel: kernel_release(),
+        limit: current.rlim_cur,
+    })
+}
+
 /// Map sizes; the defaults suit a busy node, tests shrink them to provoke overflows.
 #[derive(Clone, Copy, Debug)]
 pub struct MapSizes {
@@ -374,6 +444,17 @@ pub fn prepare(sizes: MapSizes) -> Result<Prepared, CaptureError> {
     if patch_sock_cast(object, kfunc)? == 0 {
         return Err(CaptureError::Missing("socket cast placeholder"));
     }
+    if btf.struct_id(BPF_MEM_ALLOC).is_none() {
+        // Before Linux 6.1 a map element allocated at run time from a tracing program is
+        // unsafe (the kernel says so with a WARNING, which panics a panic_on_warn node): the
+        // flow map is preallocated there, its whole capacity held from the start.
+        preallocate(object, names::FLOWS)?;
+        tracing::info!(
+            entries = sizes.flows,
+            "the kernel has no BPF memory allocator (Linux 6.1+): the flow map is preallocated"
+        );
+    }
+    raise_memlock_limit(&btf)?;
     Ok(Prepared {
         buffer,
         at,
@@ -514,6 +595,44 @@ mod tests {
         for c in &chains {
             assert!(c.total() <= 384, "{c}");
         }
+    }
+
+    /// The flags word of each map definition in the object's `maps` section, by name.
+    fn map_flags(obj: &[u8]) -> std::collections::BTreeMap<String, u32> {
+        use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+        let file = object::File::parse(obj).unwrap();
+        let maps = file.section_by_name("maps").unwrap();
+        let data = maps.data().unwrap();
+        file.symbols()
+            .filter(|s| s.section_index() == Some(maps.index()))
+            .map(|s| {
+                let at = (s.address() - maps.address()) as usize + 16;
+                let flags = u32::from_le_bytes(data[at..at + 4].try_into().unwrap());
+                (s.name().unwrap().to_owned(), flags)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn preallocating_clears_no_prealloc_of_that_map_only() {
+        if KERNEL_OBJECT.is_empty() {
+            eprintln!("!!! SKIPPED: built without the kernel program (no bpf-linker) !!!");
+            return;
+        }
+        let before = map_flags(KERNEL_OBJECT);
+        assert_eq!(before[names::FLOWS], NO_PREALLOC, "{before:?}");
+        assert_eq!(before[names::DNS_QUERIES], NO_PREALLOC, "{before:?}");
+        let mut o = KERNEL_OBJECT.to_vec();
+        preallocate(&mut o, names::FLOWS).unwrap();
+        let mut after = map_flags(&o);
+        assert_eq!(after.remove(names::FLOWS), Some(0));
+        let mut expected = before.clone();
+        expected.remove(names::FLOWS);
+        assert_eq!(after, expected, "every other map as it was");
+        assert!(matches!(
+            preallocate(&mut o, "NO_SUCH_MAP"),
+            Err(CaptureError::Missing("NO_SUCH_MAP"))
+        ));
     }
 
     #[test]
