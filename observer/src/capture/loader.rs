@@ -350,9 +350,10 @@ fn raise_memlock_limit(btf: &Btf) -> Result<(), CaptureError> {
     };
     // SAFETY: setrlimit reads the struct it is given and changes only this process's limit.
     let raised = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0;
-    // `struct bpf_map` gained its `memcg` member when maps moved to memory-cgroup accounting.
-    let charged_to_memcg = btf.offset_of("bpf_map", &["memcg"]).is_ok();
-    if raised || charged_to_memcg {
+    // The function that charged a map to the limit, gone since 5.11 (a kernel's BTF lists its
+    // functions, so its absence is detected, not guessed from a version number).
+    let charged_to_memlock = btf.func_id("bpf_map_charge_init").is_some();
+    if raised || !charged_to_memlock {
         return Ok(());
     }
     let mut current = libc::rlimit {
