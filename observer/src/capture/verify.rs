@@ -105,33 +105,19 @@ pub fn verify(sizes: MapSizes) -> Result<Vec<Verdict>, CaptureError> {
     Ok(out)
 }
 
-/// The measured frame of program `name`'s entry, then of each function it reaches.
+/// The measured frame of program `name`'s entry, then of each function it reaches, those
+/// sorted by depth.
 fn measured_depths(object: &bpf_stack::Object, name: &str) -> Vec<u32> {
-    let Some(entry) = object
-        .functions
-        .iter()
-        .position(|f| f.entry && f.name == name)
-    else {
+    let Some(entry) = object.functions.iter().find(|f| f.entry && f.name == name) else {
         return Vec::new();
     };
-    let mut reached = vec![entry];
-    let mut next = 0;
-    while next < reached.len() {
-        for &callee in &object.functions[reached[next]].calls {
-            if !reached.contains(&callee) {
-                reached.push(callee);
-            }
-        }
-        next += 1;
-    }
-    let mut depths: Vec<u32> = reached[1..]
+    let mut depths: Vec<u32> = object
+        .reachable(name)
         .iter()
         .map(|&i| object.functions[i].depth)
         .collect();
     depths.sort_unstable();
-    std::iter::once(object.functions[entry].depth)
-        .chain(depths)
-        .collect()
+    std::iter::once(entry.depth).chain(depths).collect()
 }
 
 /// The fd of a map aya created, for the map types observer's object has.
