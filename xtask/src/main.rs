@@ -84,12 +84,10 @@ fn bootstrap() -> Result<()> {
 }
 
 fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    })
 }
 
 fn test(filter: &[String]) -> Result<()> {
@@ -162,7 +160,7 @@ fn demo(linger_seconds: u64, out: PathBuf, metrics_addr: String, no_build: bool)
         out_dir: out,
         metrics_addr,
     };
-    if demo::run(&root(), &opts, interrupted)? {
+    if demo::run(&root(), &opts, &interrupted)? {
         Ok(())
     } else {
         bail!("the demo's verdicts did not match what it drove (see the summary above)")
