@@ -77,8 +77,7 @@ fn check_toolchain(pins: &Pins, linker: &Path) -> anyhow::Result<()> {
     let field = |name: &str| {
         meta.lines()
             .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-            .unwrap_or("")
+            .map_or("", str::trim)
             .to_owned()
     };
     if field("commit-hash:") != pins.nightly_commit {

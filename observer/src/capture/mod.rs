@@ -278,8 +278,8 @@ fn lookup_and_delete(map_fd: i32, key: &FlowKey) -> std::io::Result<Option<FlowC
     let attr = ElemAttr {
         map_fd: map_fd as u32,
         _pad: 0,
-        key: key as *const FlowKey as u64,
-        value: &mut value as *mut FlowCounters as u64,
+        key: std::ptr::from_ref::<FlowKey>(key) as u64,
+        value: &raw mut value as u64,
         flags: 0,
     };
     // SAFETY: `attr` points at a key and a value of the map's own key and value types (the
@@ -289,7 +289,7 @@ fn lookup_and_delete(map_fd: i32, key: &FlowKey) -> std::io::Result<Option<FlowC
         libc::syscall(
             libc::SYS_bpf,
             BPF_MAP_LOOKUP_AND_DELETE_ELEM,
-            &attr as *const ElemAttr,
+            &raw const attr,
             std::mem::size_of::<ElemAttr>(),
         )
     };

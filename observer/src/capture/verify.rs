@@ -122,15 +122,15 @@ fn measured_depths(object: &bpf_stack::Object, name: &str) -> Vec<u32> {
 
 /// The fd of a map aya created, for the map types observer's object has.
 fn map_fd(map: &Map) -> Option<RawFd> {
-    let data = match map {
-        Map::Array(d)
-        | Map::HashMap(d)
-        | Map::LruHashMap(d)
-        | Map::PerCpuArray(d)
-        | Map::PerCpuHashMap(d)
-        | Map::PerfEventArray(d)
-        | Map::RingBuf(d) => d,
-        _ => return None,
+    let (Map::Array(data)
+    | Map::HashMap(data)
+    | Map::LruHashMap(data)
+    | Map::PerCpuArray(data)
+    | Map::PerCpuHashMap(data)
+    | Map::PerfEventArray(data)
+    | Map::RingBuf(data)) = map
+    else {
+        return None;
     };
     Some(data.fd().as_fd().as_raw_fd())
 }
@@ -169,7 +169,7 @@ fn load_with_stats(
         libc::syscall(
             libc::SYS_bpf,
             bpf_cmd::BPF_PROG_LOAD as libc::c_long,
-            &attr as *const bpf_attr,
+            &raw const attr,
             std::mem::size_of::<bpf_attr>(),
         )
     };
