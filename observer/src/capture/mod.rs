@@ -248,8 +248,14 @@ fn take_entry(
     match lookup_and_delete(fd, key) {
         Ok(value) => value,
         // Hash maps take BPF_MAP_LOOKUP_AND_DELETE_ELEM since Linux 5.14; before that, a read
-        // then a delete, with the window between them open.
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+        // then a delete, with the window between them open. Older kernels refuse the command
+        // for hash maps with the kernel-internal ENOTSUPP (5.10 does), or EINVAL.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EINVAL | ENOTSUPP | libc::EOPNOTSUPP)
+            ) =>
+        {
             let value = map.get(key, 0).ok();
             let _ = map.remove(key);
             value
@@ -260,6 +266,10 @@ fn take_entry(
         }
     }
 }
+
+/// The kernel's own "operation not supported" (`include/linux/errno.h`), which bpf(2) passes to
+/// user space as is: no libc names it.
+const ENOTSUPP: i32 = 524;
 
 /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` on a flow map, which aya offers only for queues and stacks.
 /// `Ok(None)`: no such entry.
