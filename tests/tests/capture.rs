@@ -9,6 +9,10 @@ use observer_tests::{
 };
 use serde_json::json;
 
+/// How long a test waits for records and metrics to catch up (under software emulation, in the
+/// kernel matrix's virtual machines, the agent takes seconds where it takes milliseconds here).
+const SETTLE: Duration = Duration::from_secs(30);
+
 /// The test hosts' ranges are the cluster's; every accepted connection is reported, so both
 /// ends of each connection can be checked on this one node.
 const CLUSTER: [&str; 6] = [
@@ -523,6 +527,45 @@ fn a_memlock_limit_matters_only_where_the_kernel_charges_maps_to_it() {
     } else {
         assert_eq!(out.status.code(), Some(0), "{stderr}");
     }
+}
+
+/// An idle flow leaves the kernel map only after its report, and a connection after that
+/// starts it again: every connection counted once. Connections come in two bursts with the
+/// deletions between them, so this checks the delete path itself (lookup-and-delete, or the
+/// read-then-delete fallback before Linux 5.14) on any kernel, virtual machines included,
+/// without provoking the race of the storm test below.
+#[test]
+fn an_idle_flow_is_deleted_after_its_report_and_counted_again_when_it_returns() {
+    let lab = Lab::new(2);
+    let (client, server) = (&lab.hosts[0], &lab.hosts[1]);
+    let mut args = CLUSTER.to_vec();
+    args.extend(DELETE_AT_EVERY_SCAN);
+    let agent = Agent::start(&args);
+    let _srv = serve(server, "0.0.0.0:8086");
+    let target = format!("{}:8086", server.ip4);
+    let (c, s) = (client.netns_inode(), server.netns_inode());
+    let mut deleted = 0.0;
+    for burst in 1..=2u64 {
+        let out = peer(client, &["connect", &target, "100"]).0;
+        assert_eq!(out, json!({"established": 100}));
+        // Both ends' flows reported and deleted: the burst's counts were read with the delete.
+        agent.wait_for(SETTLE, "the burst's records", |rs| {
+            sum(&of_netns(rs, c)) == 100 * burst && sum(&of_netns(rs, s)) == 100 * burst
+        });
+        let deadline = std::time::Instant::now() + SETTLE;
+        while agent.metric("observer_idle_flows_deleted_total") < deleted + 2.0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the burst's two flows were not deleted"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        deleted = agent.metric("observer_idle_flows_deleted_total");
+    }
+    let records = agent.stop();
+    assert_eq!(sum(&of_netns(&records, c)), 200, "client");
+    assert_eq!(sum(&of_netns(&records, s)), 200, "server");
+    assert!(deleted >= 4.0, "{deleted} deletions");
 }
 
 #[test]
