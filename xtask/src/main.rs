@@ -1,5 +1,6 @@
 //! Project tasks. `cargo xtask test` is the test command CI runs; `cargo xtask demo` the demo;
-//! `cargo xtask bench` the benchmarks (BENCHMARKS.md).
+//! `cargo xtask bench` the benchmarks (BENCHMARKS.md); `cargo xtask matrix` the capture tests on
+//! Debian's kernels in qemu guests (also the last step of `cargo xtask test`).
 //! Each task first runs `scripts/bootstrap.sh`, which installs what a fresh machine lacks and
 //! says what it installs.
 
@@ -12,6 +13,7 @@ use anyhow::{Context, Result, bail};
 
 mod bench;
 mod demo;
+mod matrix;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -25,7 +27,8 @@ struct Cli {
 enum Task {
     /// Install what a fresh machine lacks (Debian packages, rust-src, bpf-linker).
     Bootstrap,
-    /// Build everything and run every test: unit tests, then the privileged end-to-end tests.
+    /// Build everything and run every test: unit tests, the privileged end-to-end tests, then
+    /// the capture tests on Debian's kernels in qemu guests (the kernel matrix).
     Test {
         /// Extra arguments for the end-to-end test binary (e.g. a test name filter).
         filter: Vec<String>,
@@ -48,6 +51,9 @@ enum Task {
     /// Benchmarks: cost per connection against a baseline and the tools users would pick
     /// instead, kernel program run time, pipeline throughput, memory, exactness, latency.
     Bench(bench::BenchArgs),
+    /// The privileged capture tests in qemu guests on Debian's own kernels (5.10, 6.1, 6.12,
+    /// 6.18, 7.3), one after another; the kernels are downloaded once into target/kernel-matrix.
+    Matrix(matrix::MatrixArgs),
 }
 
 fn root() -> PathBuf {
@@ -116,7 +122,26 @@ fn test(filter: &[String]) -> Result<()> {
     e2e.args(["test", "-p", "observer-tests", "--", "--test-threads=1"])
         .args(filter)
         .env("OBSERVER_BIN", bin);
-    run(&mut e2e)
+    run(&mut e2e)?;
+    // The capture tests again, on Debian's kernels: the host's kernel is one custom build.
+    if filter.is_empty() {
+        matrix::run(&root(), &matrix::MatrixArgs::all())?;
+    }
+    Ok(())
+}
+
+fn matrix(args: &matrix::MatrixArgs) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the kernel matrix shares this machine's root with its guests: run `cargo xtask matrix` as root"
+        );
+    }
+    bootstrap()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The agent with its kernel program and the tests' peer; the test executables are built by
+    // the matrix's own `cargo test --no-run`.
+    run(Command::new(&cargo).args(["build", "-p", "observer", "-p", "observer-tests", "--bins"]))?;
+    matrix::run(&root(), args)
 }
 
 fn demo(linger_seconds: u64, out: PathBuf, metrics_addr: String, no_build: bool) -> Result<()> {
@@ -169,5 +194,6 @@ fn main() -> Result<()> {
             no_build,
         } => demo(linger_seconds, out, metrics_addr, no_build),
         Task::Bench(args) => bench::bench(&args),
+        Task::Matrix(args) => matrix(&args),
     }
 }
