@@ -13,8 +13,8 @@
 #     (depmod: the kernel packages ship no modules.dep), xz-utils and zstd (modules are
 #     decompressed for busybox's insmod). The kernels themselves are downloaded by the matrix
 #     through an apt state of its own (target/kernel-matrix/apt), not installed.
-#   - rust-src for the nightly toolchain (the kernel crate is built with -Z build-std=core).
-#   - bpf-linker 0.13 from crates.io, built against Debian's LLVM 22.
+#   - the kernel crate's nightly as toolchain.env pins it, with rust-src (-Z build-std=core).
+#   - bpf-linker as toolchain.env pins it, from crates.io, built against Debian's LLVM 22.
 #   - cargo-fuzz 0.13 from crates.io (the test command fuzzes the DNS answer path for 30 s).
 set -euo pipefail
 log() { echo "[bootstrap] $*" >&2; }
@@ -35,15 +35,38 @@ if ((${#missing[@]})); then
   # The prometheus package starts a server on :9090 through systemd when systemd runs; tests start their own.
 fi
 
-if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
-  log "adding rust-src to the nightly toolchain (kernel crate: -Z build-std=core)"
-  rustup component add rust-src --toolchain nightly >&2
+# The toolchain pins (the kernel program's nightly, bpf-linker): one file for every machine.
+# shellcheck source=../toolchain.env
+. "$(dirname "$0")/../toolchain.env"
+
+# The kernel crate's nightly, by its pinned name. A machine whose plain `nightly` is that very
+# build (same commit) gets it under the pinned name through a link in rustup's toolchain
+# directory, as rustup names an installed dated nightly; any other machine downloads it.
+commit_of() { rustup run "$1" rustc -vV 2>/dev/null | sed -n 's/^commit-hash: //p'; }
+if [ "$(commit_of "$EBPF_NIGHTLY")" != "$EBPF_NIGHTLY_COMMIT" ]; then
+  toolchains="${RUSTUP_HOME:-$HOME/.rustup}/toolchains"
+  host=$(rustc -vV | sed -n 's/^host: //p')
+  if [ "$(commit_of nightly)" = "$EBPF_NIGHTLY_COMMIT" ] && [ ! -e "$toolchains/$EBPF_NIGHTLY-$host" ]; then
+    log "linking the installed nightly (commit $EBPF_NIGHTLY_COMMIT) as $EBPF_NIGHTLY"
+    ln -s "$toolchains/nightly-$host" "$toolchains/$EBPF_NIGHTLY-$host"
+  else
+    log "installing $EBPF_NIGHTLY with rust-src (the kernel crate: -Z build-std=core)"
+    rustup toolchain install "$EBPF_NIGHTLY" --profile minimal --component rust-src >&2
+  fi
+  if [ "$(commit_of "$EBPF_NIGHTLY")" != "$EBPF_NIGHTLY_COMMIT" ]; then
+    log "$EBPF_NIGHTLY is commit $(commit_of "$EBPF_NIGHTLY"), not $EBPF_NIGHTLY_COMMIT (toolchain.env)"; exit 2
+  fi
+fi
+if ! rustup component list --toolchain "$EBPF_NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src'; then
+  log "adding rust-src to $EBPF_NIGHTLY (kernel crate: -Z build-std=core)"
+  rustup component add rust-src --toolchain "$EBPF_NIGHTLY" >&2
 fi
 
-if ! command -v bpf-linker >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/bpf-linker" ]; then
-  log "building bpf-linker 0.13 against /usr/lib/llvm-22 (about a minute)"
-  LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --version '^0.13' --locked \
-    --no-default-features --features llvm-22 >&2
+linker_version() { bpf-linker --version 2>/dev/null | awk '{print $2}'; }
+if [ "$(PATH="$HOME/.cargo/bin:$PATH" linker_version)" != "$BPF_LINKER_VERSION" ]; then
+  log "building bpf-linker $BPF_LINKER_VERSION against /usr/lib/llvm-$EBPF_LLVM_MAJOR (about a minute)"
+  LLVM_PREFIX="/usr/lib/llvm-$EBPF_LLVM_MAJOR" cargo install bpf-linker --version "=$BPF_LINKER_VERSION" \
+    --locked --force --no-default-features --features "llvm-$EBPF_LLVM_MAJOR" >&2
 fi
 if ! command -v cargo-fuzz >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo-fuzz" ]; then
   log "building cargo-fuzz 0.13 (the DNS parser's fuzz target; a few minutes)"

@@ -60,6 +60,35 @@ static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(2 * 1024 * 1024, 0);
 #[map]
 pub(crate) static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(loss::COUNT, 0);
 
+/// Zeroed counters: the value the program inserts when it must create a flow itself (the
+/// ring is full), from read-only data rather than an 80-byte value built on the stack; the
+/// counts are then added in place like any other.
+static NEW_FLOW: FlowCounters = FlowCounters {
+    first_seen_ns: 0,
+    last_seen_ns: 0,
+    outcomes: [0; Outcome::COUNT],
+    pid_tgid: 0,
+    comm: [0; 16],
+};
+
+/// One field of [`OFFSETS`], read where it lies (a frozen read-only map value the verifier
+/// sees as constant) instead of copying the whole struct to the stack first.
+macro_rules! offset {
+    ($field:ident) => {
+        // SAFETY: `Global` is `#[repr(transparent)]` over an initialised `SockOffsets` (the
+        // loader writes it before loading); the read stays inside it.
+        unsafe {
+            core::ptr::read_volatile(core::ptr::addr_of!(
+                (*(core::ptr::addr_of!(OFFSETS).cast::<SockOffsets>())).$field
+            ))
+        }
+    };
+}
+
+// Which functions are BPF subprograms is decided here, on purpose: every function is
+// `#[inline(always)]` except `log_loss`, the rare diagnostic kept out of line so that its code
+// stays off the hot path. Its frame stacks on the entry's, and `observer/build.rs` holds the
+// sum to the budget (`bpf-stack`).
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     let old: u64 = ctx.arg(1);
@@ -73,13 +102,13 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
         | (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => ctx.arg(0),
         _ => return 0,
     };
-    let sk = cast_sock(sk, OFFSETS.load().sock_btf_id);
-    let result = match (old as u32 as u64, new as u32 as u64) {
-        (tcp_state::CLOSE, tcp_state::SYN_SENT) => on_connect_start(&ctx, sk),
-        (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => {
-            on_connect_end(&ctx, sk, Some(Outcome::Established))
+    let sk = cast_sock(sk, offset!(sock_btf_id));
+    // One call site per handler, so that each is inlined whole.
+    let result = match old as u32 as u64 {
+        tcp_state::CLOSE => on_connect_start(&ctx, sk),
+        tcp_state::SYN_SENT => {
+            on_connect_end(&ctx, sk, new as u32 as u64 == tcp_state::ESTABLISHED)
         }
-        (tcp_state::SYN_SENT, _) => on_connect_end(&ctx, sk, None),
         _ => on_accept(&ctx, sk),
     };
     if result.is_err() {
@@ -107,9 +136,9 @@ fn cast_sock(sk: u64, sock_btf_id: u32) -> u64 {
 /// `bpf_probe_read_kernel`. `sock_btf_id` is a constant to the verifier (a frozen read-only
 /// global), so it keeps only one of the two paths.
 #[inline(always)]
-fn read<T>(base: u64, offset: u32, off: &SockOffsets) -> Result<T, i32> {
+fn read<T>(base: u64, offset: u32) -> Result<T, i32> {
     let at = (base + offset as u64) as *const T;
-    if off.sock_btf_id != 0 {
+    if offset!(sock_btf_id) != 0 {
         // SAFETY: the verifier turns a load through an untrusted BTF pointer into a
         // fault-handling load (BPF_PROBE_MEM): a bad address reads as zero, never faults.
         Ok(unsafe { core::ptr::read_volatile(at) })
@@ -121,46 +150,46 @@ fn read<T>(base: u64, offset: u32, off: &SockOffsets) -> Result<T, i32> {
 }
 
 #[inline(always)]
-fn is_tcp(sk: u64, off: &SockOffsets) -> Result<bool, i32> {
+fn is_tcp(sk: u64) -> Result<bool, i32> {
     // inet_sock_set_state also fires for other protocols built on inet sockets (SCTP, ...).
-    Ok(read::<u16>(sk, off.sk_protocol, off)? == IPPROTO_TCP)
+    Ok(read::<u16>(sk, offset!(sk_protocol))? == IPPROTO_TCP)
 }
 
 /// The flow key of an active open. Complete at CLOSE -> SYN_SENT already: the source address
 /// is chosen before that change, and the source port, the only part not yet set, is not in it.
 #[inline(always)]
-fn connect_key(sk: u64, off: &SockOffsets) -> Result<FlowKey, i32> {
-    let mut key = flow_key(sk, off)?;
+fn connect_key(sk: u64) -> Result<FlowKey, i32> {
+    let mut key = flow_key(sk)?;
     key.direction = DIRECTION_CONNECT;
-    key.server_port = u16::from_be(read::<u16>(sk, off.skc_dport, off)?);
-    key.cgroup_id = socket_cgroup_id(sk, off)?;
+    key.server_port = u16::from_be(read::<u16>(sk, offset!(skc_dport))?);
+    key.cgroup_id = socket_cgroup_id(sk)?;
     Ok(key)
 }
 
 /// The socket's cgroup2 id, `sk->sk_cgrp_data.cgroup->kn->id` (what `bpf_skb_cgroup_id` and
 /// `bpf_get_current_cgroup_id` report): set when the socket is created, from the creating task.
 #[inline(always)]
-fn socket_cgroup_id(sk: u64, off: &SockOffsets) -> Result<u64, i32> {
+fn socket_cgroup_id(sk: u64) -> Result<u64, i32> {
     /// The cgroup2 root's id (kernfs numbers its root node 1).
     const ROOT_CGROUP_ID: u64 = 1;
-    let cgroup: u64 = read(sk, off.sk_cgroup, off)?;
-    if off.sk_cgroup_tagged != 0 && cgroup & 1 != 0 {
+    let cgroup: u64 = read(sk, offset!(sk_cgroup))?;
+    if offset!(sk_cgroup_tagged) != 0 && cgroup & 1 != 0 {
         return Ok(ROOT_CGROUP_ID);
     }
     if cgroup == 0 {
         return Ok(0);
     }
-    let kn: u64 = read(cgroup, off.cgroup_kn, off)?;
-    read(kn, off.kernfs_node_id, off)
+    let kn: u64 = read(cgroup, offset!(cgroup_kn))?;
+    read(kn, offset!(kernfs_node_id))
 }
 
+#[inline(always)]
 fn on_connect_start(ctx: &RawTracePointContext, sk: u64) -> Result<(), i32> {
-    let off = OFFSETS.load();
-    if !is_tcp(sk, &off)? {
+    if !is_tcp(sk)? {
         return Ok(());
     }
     // Most connects add to a flow that exists: nothing to carry to the handshake's end then.
-    let key = connect_key(sk, &off)?;
+    let key = connect_key(sk)?;
     if FLOWS.get_ptr(&key).is_some() {
         return Ok(());
     }
@@ -175,73 +204,77 @@ fn on_connect_start(ctx: &RawTracePointContext, sk: u64) -> Result<(), i32> {
     // (the handshake's end adds it). Should that fail too, the end counts the connection
     // without its task.
     count_loss(ctx, loss::RING_FULL);
-    let value = FlowCounters {
-        first_seen_ns: now,
-        last_seen_ns: now,
-        outcomes: [0; Outcome::COUNT],
-        pid_tgid,
-        // SAFETY: two u64 are 16 bytes, and any bytes are a valid [u8; 16].
-        comm: unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(comm) },
-    };
-    let _ = FLOWS.insert(&key, &value, BPF_NOEXIST as u64);
+    if FLOWS.insert(&key, &NEW_FLOW, BPF_NOEXIST as u64).is_ok()
+        && let Some(value) = FLOWS.get_ptr_mut(&key)
+    {
+        // SAFETY: a live element (the program runs under RCU) that this run created; the
+        // fields are whole words at 8-byte offsets.
+        unsafe {
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*value).first_seen_ns), now);
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*value).last_seen_ns), now);
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*value).pid_tgid), pid_tgid);
+            copy_words(
+                core::ptr::addr_of_mut!((*value).comm).cast(),
+                comm.as_ptr(),
+                2,
+            );
+        }
+    }
     Ok(())
 }
 
-fn on_connect_end(
-    ctx: &RawTracePointContext,
-    sk: u64,
-    outcome: Option<Outcome>,
-) -> Result<(), i32> {
-    let off = OFFSETS.load();
-    if !is_tcp(sk, &off)? {
+#[inline(always)]
+fn on_connect_end(ctx: &RawTracePointContext, sk: u64, established: bool) -> Result<(), i32> {
+    if !is_tcp(sk)? {
         return Ok(());
     }
-    let outcome = match outcome {
-        Some(o) => o,
+    let outcome = if established {
+        Outcome::Established
+    } else {
         // SYN_SENT -> CLOSE: the kernel has already set sk_err (tcp_reset, tcp_write_err,
         // tcp_v4_err) when it closes a failed handshake; 0 means the application closed it.
-        None => Outcome::of_failed_connect(read::<i32>(sk, off.sk_err, &off)?),
+        Outcome::of_failed_connect(read::<i32>(sk, offset!(sk_err))?)
     };
-    let key = connect_key(sk, &off)?;
+    let key = connect_key(sk)?;
     count(ctx, &key, outcome);
     Ok(())
 }
 
+#[inline(always)]
 fn on_accept(ctx: &RawTracePointContext, sk: u64) -> Result<(), i32> {
-    let off = OFFSETS.load();
-    if !is_tcp(sk, &off)? {
+    if !is_tcp(sk)? {
         return Ok(());
     }
-    let mut key = flow_key(sk, &off)?;
+    let mut key = flow_key(sk)?;
     key.direction = DIRECTION_ACCEPT;
-    key.server_port = read::<u16>(sk, off.skc_num, &off)?; // host byte order
+    key.server_port = read::<u16>(sk, offset!(skc_num))?; // host byte order
     count(ctx, &key, Outcome::Established);
     Ok(())
 }
 
 /// The socket's network namespace and addresses; v4-mapped IPv6 addresses become IPv4.
 #[inline(always)]
-fn flow_key(sk: u64, off: &SockOffsets) -> Result<FlowKey, i32> {
-    let net: u64 = read(sk, off.skc_net, off)?;
+fn flow_key(sk: u64) -> Result<FlowKey, i32> {
+    let net: u64 = read(sk, offset!(skc_net))?;
     let mut key = FlowKey {
         cgroup_id: 0,
-        netns: read::<u32>(net, off.net_ns_inum, off)?,
+        netns: read::<u32>(net, offset!(net_ns_inum))?,
         server_port: 0,
         family: FAMILY_V4,
         direction: 0,
         local_addr: [0; 16],
         remote_addr: [0; 16],
     };
-    let family: u16 = read(sk, off.skc_family, off)?;
+    let family: u16 = read(sk, offset!(skc_family))?;
     if family == AF_INET {
         // Whole words: the verifier checks a load's size against the field it reads.
-        let local: u32 = read(sk, off.skc_rcv_saddr, off)?;
-        let remote: u32 = read(sk, off.skc_daddr, off)?;
+        let local: u32 = read(sk, offset!(skc_rcv_saddr))?;
+        let remote: u32 = read(sk, offset!(skc_daddr))?;
         key.local_addr[..4].copy_from_slice(&local.to_ne_bytes());
         key.remote_addr[..4].copy_from_slice(&remote.to_ne_bytes());
     } else if family == AF_INET6 {
-        let local = read_in6(sk, off.skc_v6_rcv_saddr, off)?;
-        let remote = read_in6(sk, off.skc_v6_daddr, off)?;
+        let local = read_in6(sk, offset!(skc_v6_rcv_saddr))?;
+        let remote = read_in6(sk, offset!(skc_v6_daddr))?;
         if is_v4_mapped(&local) && is_v4_mapped(&remote) {
             key.local_addr[..4].copy_from_slice(&local[12..]);
             key.remote_addr[..4].copy_from_slice(&remote[12..]);
@@ -258,9 +291,9 @@ fn flow_key(sk: u64, off: &SockOffsets) -> Result<FlowKey, i32> {
 
 /// A `struct in6_addr` as two 8-byte loads.
 #[inline(always)]
-fn read_in6(sk: u64, offset: u32, off: &SockOffsets) -> Result<[u8; 16], i32> {
-    let high: u64 = read(sk, offset, off)?;
-    let low: u64 = read(sk, offset + 8, off)?;
+fn read_in6(sk: u64, offset: u32) -> Result<[u8; 16], i32> {
+    let high: u64 = read(sk, offset)?;
+    let low: u64 = read(sk, offset + 8)?;
     let mut a = [0; 16];
     a[..8].copy_from_slice(&high.to_ne_bytes());
     a[8..].copy_from_slice(&low.to_ne_bytes());
@@ -287,23 +320,24 @@ fn count(ctx: &RawTracePointContext, key: &FlowKey, outcome: Outcome) {
         // The start, if it was seen, is in the ring: the agent no longer joins it to this flow.
         count_loss(ctx, loss::START_NOT_SEEN);
     }
-    let mut value = FlowCounters {
-        first_seen_ns: now,
-        last_seen_ns: now,
-        outcomes: [0; Outcome::COUNT],
-        pid_tgid: 0,
-        comm: [0; 16],
-    };
-    value.outcomes[outcome as usize] = 1;
-    match FLOWS.insert(key, &value, BPF_NOEXIST as u64) {
-        Ok(()) => {}
-        // Another CPU (or the agent) created the flow between our lookup and insert.
-        Err(EEXIST) => {
-            if !add_to_existing(key, outcome, now) {
-                count_loss(ctx, loss::FLOW_MAP_FULL);
-            }
+    // EEXIST: another CPU (or the agent) created the flow between our lookup and insert; the
+    // connection is then added to that entry.
+    let created = match FLOWS.insert(key, &NEW_FLOW, BPF_NOEXIST as u64) {
+        Ok(()) => true,
+        Err(EEXIST) => false,
+        Err(_) => {
+            count_loss(ctx, loss::FLOW_MAP_FULL);
+            return;
         }
-        Err(_) => count_loss(ctx, loss::FLOW_MAP_FULL),
+    };
+    if !add_to_existing(key, outcome, now) {
+        // Deleted again (idle deletion) between the insert and here.
+        count_loss(ctx, loss::FLOW_MAP_FULL);
+        return;
+    }
+    if created && let Some(value) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: a live element this run created; a plain store of a whole word.
+        unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!((*value).first_seen_ns), now) };
     }
 }
 
@@ -395,11 +429,18 @@ fn count_loss(ctx: &RawTracePointContext, index: u32) {
         *counter
     };
     if n & (n - 1) == 0 && index != loss::START_NOT_SEEN {
-        warn!(
-            ctx,
-            "observer: loss counter {} reached {} on this CPU", index, n
-        );
+        log_loss(ctx, index, n);
     }
+}
+
+/// The one subprogram of the flow program, on purpose: aya-log's record building is some 500
+/// instructions that the hot path never runs, and its frame (24 bytes) stacks on the entry's.
+#[inline(never)]
+fn log_loss(ctx: &RawTracePointContext, index: u32, n: u64) {
+    warn!(
+        ctx,
+        "observer: loss counter {} reached {} on this CPU", index, n
+    );
 }
 
 #[cfg(not(test))]

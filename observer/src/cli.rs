@@ -28,11 +28,26 @@ pub enum Command {
     Report(ReportArgs),
     /// Write a draft architecture from observed traffic, for a human to review.
     Learn(LearnArgs),
+    /// Load every kernel program on this node and report what the kernel's verifier said of
+    /// each (stack depth per function, instructions processed), attaching nothing: whether the
+    /// agent will run on this kernel. Exit code 0 when all load, 2 otherwise. Needs CAP_BPF and
+    /// CAP_PERFMON (or root).
+    KernelCheck {
+        /// `text` (a line per program) or `json` (a JSON array).
+        #[arg(long, value_enum, default_value = "text")]
+        format: KernelCheckFormat,
+    },
     /// Check an architecture file; exit code 0 when valid, 2 with every problem otherwise.
     Validate {
         /// The architecture file (YAML, `kind: Architecture`).
         file: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum KernelCheckFormat {
+    Text,
+    Json,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

@@ -43,9 +43,61 @@ fn main() -> ExitCode {
                 name: a.name,
             },
         )),
+        Command::KernelCheck { format } => kernel_check(format),
         Command::Validate { file } => {
             ExitCode::from(observer::architecture::validate_command(&file).clamp(0, 255) as u8)
         }
+    }
+}
+
+/// `observer kernel-check`: every program loaded with the agent's default map sizes.
+fn kernel_check(format: observer::cli::KernelCheckFormat) -> ExitCode {
+    let sizes = MapSizes {
+        flows: 131_072,
+        ring_bytes: 2 * 1024 * 1024,
+        dns_ring_bytes: 1024 * 1024,
+        dns_queries: 16_384,
+    };
+    let verdicts = match observer::capture::verify::verify(sizes) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("observer: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let kernel = observer::capture::loader::kernel_release();
+    match format {
+        observer::cli::KernelCheckFormat::Json => {
+            let doc = serde_json::json!({"kernel": kernel, "programs": verdicts});
+            println!("{doc}");
+        }
+        observer::cli::KernelCheckFormat::Text => {
+            println!("kernel {kernel}");
+            for v in &verdicts {
+                let depth: Vec<String> = v.stack_depth.iter().map(u32::to_string).collect();
+                let insns = v.insns_processed.map_or("?".into(), |n| n.to_string());
+                let measured: Vec<String> = v.measured_depth.iter().map(u32::to_string).collect();
+                if v.loaded {
+                    println!(
+                        "{}: loaded; stack depth {} (the build measured {}, worst call chain {} bytes), {insns} instructions processed",
+                        v.program,
+                        depth.join("+"),
+                        measured.join("+"),
+                        v.measured_chain
+                    );
+                } else {
+                    println!(
+                        "{}: REFUSED: {}; this is a bug in observer, please report it",
+                        v.program, v.verifier
+                    );
+                }
+            }
+        }
+    }
+    if verdicts.iter().all(|v| v.loaded) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
     }
 }
 

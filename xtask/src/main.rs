@@ -75,6 +75,16 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// A pin from `toolchain.env` (the kernel program's nightly and bpf-linker).
+fn pinned(key: &str) -> Result<String> {
+    let path = root().join("toolchain.env");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path:?}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(|v| v.trim().to_owned())
+        .with_context(|| format!("{path:?} has no {key}="))
+}
+
 fn bootstrap() -> Result<()> {
     run(&mut Command::new(root().join("scripts/bootstrap.sh")))
 }
@@ -103,8 +113,9 @@ fn test(filter: &[String]) -> Result<()> {
     // the unit tests' property tests cover it too, without a sanitizer.
     if filter.is_empty() {
         std::fs::create_dir_all(root().join("fuzz/corpus/dns"))?;
+        let nightly = format!("+{}", pinned("EBPF_NIGHTLY")?);
         run(Command::new("cargo").current_dir(root()).args([
-            "+nightly",
+            &nightly,
             "fuzz",
             "run",
             "dns",

@@ -161,6 +161,15 @@ impl Btf {
         self.structs_by_name.get(name).copied()
     }
 
+    /// Whether the kernel has the raw tracepoint `name`: each one is described in BTF by a
+    /// `btf_trace_<name>` typedef, which is how the agent detects it without tracefs.
+    pub fn has_raw_tracepoint(&self, name: &str) -> bool {
+        let wanted = format!("btf_trace_{name}");
+        self.types
+            .iter()
+            .any(|t| t.kind == KIND_TYPEDEF && self.name(t.name) == wanted)
+    }
+
     /// The type id of the kernel function `name` (a kfunc is called by this id).
     pub fn func_id(&self, name: &str) -> Option<u32> {
         self.types

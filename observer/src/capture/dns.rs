@@ -14,7 +14,7 @@ use aya::{
 };
 use observer_common::{DnsResponseHead, FlowCounters, FlowKey, names};
 
-use super::{CaptureError, take};
+use super::{CaptureError, loader, take};
 
 /// Where and how to capture DNS.
 #[derive(Clone, Debug)]
@@ -48,7 +48,13 @@ pub fn attach(ebpf: &mut Ebpf, opts: &DnsCaptureOptions) -> Result<DnsCapture, C
             .map_err(|e| dns_attach_error(&opts.cgroup_root, e))?;
         program
             .load()
-            .map_err(|e| dns_attach_error(&opts.cgroup_root, e))?;
+            .map_err(|e| match loader::program_error(name, e) {
+                CaptureError::Attach { reason, .. } => CaptureError::DnsAttach {
+                    path: opts.cgroup_root.clone(),
+                    reason,
+                },
+                refused => refused,
+            })?;
         program
             // aya attaches through a BPF link (Linux 5.7+), which the kernel always treats as
             // BPF_F_ALLOW_MULTI and which takes no flags: "Single" passes none.

@@ -32,12 +32,37 @@ pub enum CaptureError {
     NoBtf(std::io::Error),
     #[error("{0}; observer needs Linux 5.8 or later")]
     Btf(#[from] BtfError),
-    #[error("loading the kernel program failed: {0}")]
+    #[error("loading the kernel program's maps failed: {0}")]
     Load(#[source] aya::EbpfError),
+    /// The verifier refused one of observer's programs: never the user's doing.
     #[error(
-        "attaching to raw tracepoint sock/inet_sock_set_state failed: {0}; observer needs raw tracepoints (Linux 4.17+) and that tracepoint (Linux 4.16+)"
+        "the kernel ({kernel}) refused observer's {program} program: {verifier}; this is a bug in observer, please report it"
     )]
-    Attach(#[source] aya::programs::ProgramError),
+    Refused {
+        kernel: String,
+        program: &'static str,
+        /// The verifier's last lines, on one line.
+        verifier: String,
+    },
+    /// A kernel feature the agent needs, detected as missing before loading.
+    #[error("the kernel ({kernel}) has no {feature}; observer needs it ({since})")]
+    MissingFeature {
+        kernel: String,
+        feature: &'static str,
+        since: &'static str,
+    },
+    /// Before Linux 5.11, maps count against RLIMIT_MEMLOCK.
+    #[error(
+        "the kernel ({kernel}) charges BPF maps to the locked-memory limit (before Linux 5.11), which is {limit} bytes here and could not be raised: grant CAP_SYS_RESOURCE or run with an unlimited memlock limit (ulimit -l unlimited)"
+    )]
+    MemlockLimit { kernel: String, limit: u64 },
+    /// Loading or attaching failed without a verifier verdict.
+    #[error("attaching observer's {program} program failed: {reason}")]
+    Attach {
+        program: &'static str,
+        /// The error and its causes on one line.
+        reason: String,
+    },
     #[error("the kernel object has no {0}; it does not match this agent (rebuild both)")]
     Missing(&'static str),
     #[error(
@@ -61,6 +86,72 @@ pub enum CaptureError {
     DnsCapability,
     #[error("the kernel object is not a readable ELF file ({0}); rebuild the agent")]
     Object(&'static str),
+}
+
+/// The running kernel's release (`uname -r`), for messages.
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_owned())
+        .unwrap_or_else(|_| "unknown release".into())
+}
+
+/// How many of the verifier's last lines a refusal quotes: the verdict and the statistics
+/// after it (e.g. "combined stack size of 2 calls is 672. Too large", "stack depth 312+344").
+const VERIFIER_LINES: usize = 4;
+
+/// The last [`VERIFIER_LINES`] non-empty lines of a verifier log, joined by " | ".
+pub fn verifier_tail(log: &str) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let from = lines.len().saturating_sub(VERIFIER_LINES);
+    lines[from..].join(" | ")
+}
+
+/// What a failed `load()` or `attach()` of `program` means: a refusal when the verifier said
+/// why, else the error and its causes. Never a guess at a missing feature: those are detected
+/// before loading ([`check_kernel_features`]).
+pub fn program_error(program: &'static str, error: aya::programs::ProgramError) -> CaptureError {
+    if let aya::programs::ProgramError::LoadError { verifier_log, .. } = &error {
+        let verifier = verifier_tail(&verifier_log.to_string());
+        if !verifier.is_empty() {
+            return CaptureError::Refused {
+                kernel: kernel_release(),
+                program,
+                verifier,
+            };
+        }
+    }
+    let mut reason = error.to_string();
+    let mut cause = std::error::Error::source(&error);
+    while let Some(c) = cause {
+        reason.push_str(": ");
+        reason.push_str(&c.to_string());
+        cause = c.source();
+    }
+    CaptureError::Attach { program, reason }
+}
+
+/// Detects the kernel features the flow program needs, so that a missing one is named as
+/// such: the raw tracepoint (its BTF typedef) and ring buffer maps (a probe).
+pub fn check_kernel_features(btf: &Btf) -> Result<(), CaptureError> {
+    let missing = |feature, since| CaptureError::MissingFeature {
+        kernel: kernel_release(),
+        feature,
+        since,
+    };
+    if !btf.has_raw_tracepoint(names::TRACEPOINT) {
+        return Err(missing(
+            "raw tracepoint sock/inet_sock_set_state",
+            "Linux 4.16+",
+        ));
+    }
+    if !aya::sys::is_map_supported(aya::maps::MapType::RingBuf).unwrap_or(true) {
+        return Err(missing("BPF ring buffer maps", "Linux 5.8+"));
+    }
+    Ok(())
 }
 
 /// Capabilities the agent needs, from `capabilities(7)`: the bit number in `CapEff` and why.
@@ -214,6 +305,71 @@ pub fn patch_sock_cast(obj: &mut [u8], kfunc: Option<u32>) -> Result<usize, Capt
     Ok(patched)
 }
 
+/// The BPF memory allocator's struct (Linux 6.1+), with which tracing programs may create map
+/// elements at run time.
+const BPF_MEM_ALLOC: &str = "bpf_mem_alloc";
+
+/// `BPF_F_NO_PREALLOC` (uapi `linux/bpf.h`).
+const NO_PREALLOC: u32 = 1;
+
+/// Clears `BPF_F_NO_PREALLOC` in the definition of map `name` (aya's `bpf_map_def` in the
+/// object's `maps` section: type, key size, value size, max entries, flags, ...).
+pub fn preallocate(obj: &mut [u8], name: &'static str) -> Result<(), CaptureError> {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+    const FLAGS_AT: u64 = 16;
+    let bad = || CaptureError::Object("its maps section does not hold the map definitions");
+    let at = {
+        let file = object::File::parse(&*obj).map_err(|_| bad())?;
+        let sym = file
+            .symbols()
+            .find(|s| s.name() == Ok(name))
+            .ok_or(CaptureError::Missing(name))?;
+        let section = file
+            .section_by_index(sym.section_index().ok_or_else(bad)?)
+            .map_err(|_| bad())?;
+        let (start, size) = section.file_range().ok_or_else(bad)?;
+        let within = sym.address() - section.address() + FLAGS_AT;
+        if within + 4 > size {
+            return Err(bad());
+        }
+        (start + within) as usize
+    };
+    let field = obj.get_mut(at..at + 4).ok_or_else(bad)?;
+    let flags = u32::from_le_bytes(field.try_into().map_err(|_| bad())?);
+    field.copy_from_slice(&(flags & !NO_PREALLOC).to_le_bytes());
+    Ok(())
+}
+
+/// Before Linux 5.11 the kernel charges BPF maps to the RLIMIT_MEMLOCK of the user creating
+/// them (from 5.11, to the memory cgroup, and the limit no longer matters): there the agent
+/// lifts the limit, which needs CAP_SYS_RESOURCE unless the runtime already raised it.
+fn raise_memlock_limit(btf: &Btf) -> Result<(), CaptureError> {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct it is given and changes only this process's limit.
+    let raised = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0;
+    // `struct bpf_map` gained its `memcg` member when maps moved to memory-cgroup accounting.
+    let charged_to_memcg = btf.offset_of("bpf_map", &["memcg"]).is_ok();
+    if raised || charged_to_memcg {
+        return Ok(());
+    }
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct it is given.
+    unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut current) };
+    if current.rlim_cur == libc::RLIM_INFINITY {
+        return Ok(());
+    }
+    Err(CaptureError::MemlockLimit {
+        kernel: kernel_release(),
+        limit: current.rlim_cur,
+    })
+}
+
 /// Map sizes; the defaults suit a busy node, tests shrink them to provoke overflows.
 #[derive(Clone, Copy, Debug)]
 pub struct MapSizes {
@@ -227,15 +383,49 @@ pub struct MapSizes {
     pub dns_queries: u32,
 }
 
-/// Loads the kernel program with this kernel's offsets and attaches it to
-/// `sock/inet_sock_set_state` (a raw tracepoint: no tracefs needed).
-pub fn load_and_attach(sizes: MapSizes) -> Result<Ebpf, CaptureError> {
+/// The kernel object patched for this kernel, and the globals and map sizes to load it with:
+/// everything a load needs, whether it attaches ([`load_and_attach`]) or only asks the
+/// verifier ([`super::verify`]).
+pub struct Prepared {
+    /// The patched object at offset `at` of `buffer`, which keeps it 8-byte aligned (the ELF
+    /// parser wants that, as include_bytes_aligned! keeps the original).
+    buffer: Vec<u8>,
+    at: usize,
+    offsets: SockOffsets,
+    dns: DnsOffsets,
+    sizes: MapSizes,
+}
+
+impl Prepared {
+    pub fn object(&self) -> &[u8] {
+        &self.buffer[self.at..self.at + KERNEL_OBJECT.len()]
+    }
+
+    /// A loader that writes this kernel's offsets into the object's globals (frozen, so the
+    /// verifier sees them as constants) and sizes its maps.
+    pub fn loader(&self) -> EbpfLoader<'_> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global(OFFSETS_GLOBAL, &self.offsets, true)
+            .override_global(DNS_OFFSETS_GLOBAL, &self.dns, true)
+            .map_max_entries(names::DNS_RESPONSES, self.sizes.dns_ring_bytes)
+            .map_max_entries(names::DNS_QUERIES, self.sizes.dns_queries)
+            .map_max_entries(names::FLOWS, self.sizes.flows)
+            .map_max_entries(names::FLOW_EVENTS, self.sizes.ring_bytes);
+        loader
+    }
+}
+
+/// Checks what the kernel program needs (capabilities, BTF, kernel features), finds this
+/// kernel's offsets and patches the object for it.
+pub fn prepare(sizes: MapSizes) -> Result<Prepared, CaptureError> {
     if KERNEL_OBJECT.is_empty() {
         return Err(CaptureError::NoKernelObject);
     }
     check_capabilities()?;
     let btf_data = fs::read(Path::new(KERNEL_BTF)).map_err(CaptureError::NoBtf)?;
     let btf = Btf::parse(&btf_data)?;
+    check_kernel_features(&btf)?;
     let offsets = sock_offsets(&btf)?;
     let dns = dns_offsets(&btf)?;
     tracing::debug!(?offsets, ?dns, "socket field offsets from kernel BTF");
@@ -247,7 +437,6 @@ pub fn load_and_attach(sizes: MapSizes) -> Result<Ebpf, CaptureError> {
             "the kernel has no {RDONLY_CAST} (Linux 6.2+): reading sockets through bpf_probe_read_kernel, which costs more per connection"
         );
     }
-    // The ELF parser wants the object 8-byte aligned, as include_bytes_aligned! keeps it.
     let mut buffer = vec![0u8; KERNEL_OBJECT.len() + 8];
     let at = buffer.as_ptr().align_offset(8);
     let object = &mut buffer[at..at + KERNEL_OBJECT.len()];
@@ -255,24 +444,45 @@ pub fn load_and_attach(sizes: MapSizes) -> Result<Ebpf, CaptureError> {
     if patch_sock_cast(object, kfunc)? == 0 {
         return Err(CaptureError::Missing("socket cast placeholder"));
     }
-    let mut ebpf = EbpfLoader::new()
-        .override_global(OFFSETS_GLOBAL, &offsets, true)
-        .override_global(DNS_OFFSETS_GLOBAL, &dns, true)
-        .map_max_entries(names::DNS_RESPONSES, sizes.dns_ring_bytes)
-        .map_max_entries(names::DNS_QUERIES, sizes.dns_queries)
-        .map_max_entries(names::FLOWS, sizes.flows)
-        .map_max_entries(names::FLOW_EVENTS, sizes.ring_bytes)
-        .load(object)
+    if btf.struct_id(BPF_MEM_ALLOC).is_none() {
+        // Before Linux 6.1 a map element allocated at run time from a tracing program is
+        // unsafe (the kernel says so with a WARNING, which panics a panic_on_warn node): the
+        // flow map is preallocated there, its whole capacity held from the start.
+        preallocate(object, names::FLOWS)?;
+        tracing::info!(
+            entries = sizes.flows,
+            "the kernel has no BPF memory allocator (Linux 6.1+): the flow map is preallocated"
+        );
+    }
+    raise_memlock_limit(&btf)?;
+    Ok(Prepared {
+        buffer,
+        at,
+        offsets,
+        dns,
+        sizes,
+    })
+}
+
+/// Loads the kernel program with this kernel's offsets and attaches it to
+/// `sock/inet_sock_set_state` (a raw tracepoint: no tracefs needed).
+pub fn load_and_attach(sizes: MapSizes) -> Result<Ebpf, CaptureError> {
+    let prepared = prepare(sizes)?;
+    let mut ebpf = prepared
+        .loader()
+        .load(prepared.object())
         .map_err(CaptureError::Load)?;
     let program: &mut RawTracePoint = ebpf
         .program_mut(names::PROGRAM)
         .ok_or(CaptureError::Missing("program inet_sock_set_state"))?
         .try_into()
-        .map_err(CaptureError::Attach)?;
-    program.load().map_err(CaptureError::Attach)?;
+        .map_err(|e| program_error(names::PROGRAM, e))?;
+    program
+        .load()
+        .map_err(|e| program_error(names::PROGRAM, e))?;
     program
         .attach(names::TRACEPOINT)
-        .map_err(CaptureError::Attach)?;
+        .map_err(|e| program_error(names::PROGRAM, e))?;
     Ok(ebpf)
 }
 
@@ -333,6 +543,96 @@ mod tests {
         let mut o = object();
         o.truncate(o.len() - 40);
         assert!(patch_sock_cast(&mut o, None).is_err());
+    }
+
+    /// The refusal main's program met on kernels without a private stack, as aya reports it.
+    const REFUSAL: &str = "func#0 @0\nfunc#1 @1137\n...\ncombined stack size of 2 calls is 672. Too large\nverification time 1481 usec\nstack depth 312+344+0+24\nprocessed 1054 insns (limit 1000000) max_states_per_insn 1 total_states 79 peak_states 79 mark_read 17\n\n";
+
+    #[test]
+    fn a_refusal_quotes_the_verifiers_last_lines_and_says_it_is_observers_bug() {
+        assert_eq!(
+            verifier_tail(REFUSAL),
+            "combined stack size of 2 calls is 672. Too large | verification time 1481 usec | stack depth 312+344+0+24 | processed 1054 insns (limit 1000000) max_states_per_insn 1 total_states 79 peak_states 79 mark_read 17"
+        );
+        let e = CaptureError::Refused {
+            kernel: "6.1.0-57-amd64".into(),
+            program: "inet_sock_set_state",
+            verifier: verifier_tail(REFUSAL),
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("the kernel (6.1.0-57-amd64) refused observer's inet_sock_set_state program: combined stack size of 2 calls is 672. Too large | "),
+            "{msg}"
+        );
+        assert!(
+            msg.ends_with("; this is a bug in observer, please report it"),
+            "{msg}"
+        );
+        assert!(!msg.contains("needs"), "no guessed feature: {msg}");
+        assert_eq!(verifier_tail("\n\n"), "");
+    }
+
+    /// The object's call chains, as build.rs measured and held them to the budget.
+    #[test]
+    fn the_kernel_objects_call_chains_fit_the_budget() {
+        if KERNEL_OBJECT.is_empty() {
+            eprintln!("!!! SKIPPED: built without the kernel program (no bpf-linker) !!!");
+            return;
+        }
+        let chains = bpf_stack::Object::parse(KERNEL_OBJECT)
+            .unwrap()
+            .chains()
+            .unwrap();
+        let names: Vec<&str> = chains.iter().map(|c| c.program.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                names::DNS_EGRESS_PROGRAM,
+                names::DNS_INGRESS_PROGRAM,
+                names::PROGRAM
+            ]
+        );
+        for c in &chains {
+            assert!(c.total() <= 384, "{c}");
+        }
+    }
+
+    /// The flags word of each map definition in the object's `maps` section, by name.
+    fn map_flags(obj: &[u8]) -> std::collections::BTreeMap<String, u32> {
+        use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+        let file = object::File::parse(obj).unwrap();
+        let maps = file.section_by_name("maps").unwrap();
+        let data = maps.data().unwrap();
+        file.symbols()
+            .filter(|s| s.section_index() == Some(maps.index()))
+            .map(|s| {
+                let at = (s.address() - maps.address()) as usize + 16;
+                let flags = u32::from_le_bytes(data[at..at + 4].try_into().unwrap());
+                (s.name().unwrap().to_owned(), flags)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn preallocating_clears_no_prealloc_of_that_map_only() {
+        if KERNEL_OBJECT.is_empty() {
+            eprintln!("!!! SKIPPED: built without the kernel program (no bpf-linker) !!!");
+            return;
+        }
+        let before = map_flags(KERNEL_OBJECT);
+        assert_eq!(before[names::FLOWS], NO_PREALLOC, "{before:?}");
+        assert_eq!(before[names::DNS_QUERIES], NO_PREALLOC, "{before:?}");
+        let mut o = KERNEL_OBJECT.to_vec();
+        preallocate(&mut o, names::FLOWS).unwrap();
+        let mut after = map_flags(&o);
+        assert_eq!(after.remove(names::FLOWS), Some(0));
+        let mut expected = before.clone();
+        expected.remove(names::FLOWS);
+        assert_eq!(after, expected, "every other map as it was");
+        assert!(matches!(
+            preallocate(&mut o, "NO_SUCH_MAP"),
+            Err(CaptureError::Missing("NO_SUCH_MAP"))
+        ));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod flow_table;
 pub mod loader;
 pub mod preexisting;
 pub mod tracker;
+pub mod verify;
 
 use aya::{
     Ebpf,
