@@ -4,7 +4,6 @@
 //! killed, and the console kept in console.log.
 
 use std::{
-    collections::BTreeMap,
     fs::File,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -17,14 +16,23 @@ use super::suite::{self, Libtest};
 
 /// What the guest runs in the chroot of the host's root.
 pub enum Payload<'a> {
-    /// The selected tests: (executable name, path, test names).
-    Tests(Vec<(&'a str, PathBuf, &'a [&'a str])>),
+    /// The selected tests: (executable name, its path, test name), each run on its own so that
+    /// its time is known.
+    Tests(Vec<(&'a str, PathBuf, &'a str)>),
     /// A shell command (`--command`), its output in the console log and in command.out.
     Command(&'a str),
 }
 
+/// The name of a test's files in the results directory: `EXE.TEST`.
+pub fn stem(exe: &str, test: &str) -> String {
+    format!("{exe}.{test}")
+}
+
 /// The script the guest runs in the chroot: results go to `results` (shared writable), and
-/// everything is echoed to the console too.
+/// everything is echoed to the console too. Each test leaves STEM.out (libtest's output),
+/// STEM.rc (its exit code) and STEM.ms (its wall time); a failed test's agent logs and flow logs,
+/// which the tests keep in /tmp after a failure, are copied to kept/STEM/ (the guest's /tmp is
+/// gone once it powers off).
 pub fn script(root: &Path, results: &Path, observer_bin: &Path, payload: &Payload) -> String {
     let r = results.display();
     let mut s = format!(
@@ -38,13 +46,17 @@ pub fn script(root: &Path, results: &Path, observer_bin: &Path, payload: &Payloa
     );
     match payload {
         Payload::Tests(runs) => {
-            for (name, exe, tests) in runs {
+            for (exe_name, exe, test) in runs {
+                let stem = stem(exe_name, test);
                 s += &format!(
-                    "echo \"matrix: {name}: {n} tests\"\n\
-                     {{ {} --test-threads=1 --exact {}; echo $? > {r}/{name}.rc; }} 2>&1 | tee {r}/{name}.out\n",
+                    "echo \"matrix: {stem}\"\n\
+                     start=$(date +%s%N)\n\
+                     {{ {} --test-threads=1 --exact {test}; echo $? > {r}/{stem}.rc; }} 2>&1 | tee {r}/{stem}.out\n\
+                     echo $(( ($(date +%s%N) - start) / 1000000 )) > {r}/{stem}.ms\n\
+                     [ \"$(cat {r}/{stem}.rc 2>/dev/null)\" = 0 ] || {{ mkdir -p {r}/kept/{stem}; \
+                     cp -a /tmp/observer-* {r}/kept/{stem}/ 2>/dev/null; }}\n\
+                     rm -rf /tmp/observer-*\n",
                     exe.display(),
-                    tests.join(" "),
-                    n = tests.len(),
                 );
             }
         }
@@ -54,6 +66,15 @@ pub fn script(root: &Path, results: &Path, observer_bin: &Path, payload: &Payloa
     }
     s += "sync\n";
     s
+}
+
+/// What one test (or the command) left: libtest's report, the exit code and the wall time
+/// (None when it never finished).
+#[derive(Debug)]
+pub struct TestRun {
+    pub report: Libtest,
+    pub rc: Option<i32>,
+    pub wall: Option<Duration>,
 }
 
 /// Boots `vmlinuz` with `initramfs`, runs `results/run.sh` in the guest, and waits at most
@@ -92,7 +113,7 @@ pub fn boot(
     .arg(initramfs)
     .arg("-append")
     .arg(format!(
-        "console=ttyS0 panic=-1 loglevel=4 matrix_results={} matrix_script={}",
+        "console=ttyS0 panic=-1 loglevel=5 matrix_results={} matrix_script={}",
         results.display(),
         results.join("run.sh").display()
     ))
@@ -123,19 +144,17 @@ pub fn boot(
     }
 }
 
-/// Reads what the guest left in `results`.
-pub fn collect(results: &Path, names: &[&str]) -> BTreeMap<String, (Libtest, Option<i32>)> {
-    names
-        .iter()
-        .map(|name| {
-            let out =
-                std::fs::read_to_string(results.join(format!("{name}.out"))).unwrap_or_default();
-            let rc = std::fs::read_to_string(results.join(format!("{name}.rc")))
-                .ok()
-                .and_then(|s| s.trim().parse().ok());
-            (name.to_string(), (suite::parse_libtest(&out), rc))
-        })
-        .collect()
+/// Reads what the guest left in `results` for `stem`.
+pub fn collect(results: &Path, stem: &str) -> TestRun {
+    let read = |ext: &str| std::fs::read_to_string(results.join(format!("{stem}.{ext}")));
+    TestRun {
+        report: suite::parse_libtest(&read("out").unwrap_or_default()),
+        rc: read("rc").ok().and_then(|s| s.trim().parse().ok()),
+        wall: read("ms")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .map(Duration::from_millis),
+    }
 }
 
 /// Reads the release the guest reported.
@@ -159,21 +178,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_script_runs_each_executable_on_its_exact_tests() {
+    fn the_script_runs_each_test_on_its_own_and_times_it() {
         let s = script(
             Path::new("/repo"),
-            Path::new("/repo/target/kernel-matrix/6.1/results"),
+            Path::new("/r"),
             Path::new("/repo/target/debug/observer"),
-            &Payload::Tests(vec![(
-                "capture",
-                PathBuf::from("/repo/target/debug/deps/capture-1"),
-                &["a_b", "c"],
-            )]),
+            &Payload::Tests(vec![
+                (
+                    "capture",
+                    PathBuf::from("/repo/target/debug/deps/capture-1"),
+                    "a_b",
+                ),
+                ("dns", PathBuf::from("/repo/target/debug/deps/dns-2"), "c"),
+            ]),
         );
         assert!(s.contains("export OBSERVER_BIN=/repo/target/debug/observer"));
         assert!(s.contains(
-            "{ /repo/target/debug/deps/capture-1 --test-threads=1 --exact a_b c; echo $? > /repo/target/kernel-matrix/6.1/results/capture.rc; } 2>&1 | tee /repo/target/kernel-matrix/6.1/results/capture.out"
+            "{ /repo/target/debug/deps/capture-1 --test-threads=1 --exact a_b; echo $? > /r/capture.a_b.rc; } 2>&1 | tee /r/capture.a_b.out"
         ));
-        assert!(s.contains("uname -r > /repo/target/kernel-matrix/6.1/results/release"));
+        assert!(s.contains("> /r/dns.c.ms"));
+        assert!(s.contains("uname -r > /r/release"));
+    }
+
+    #[test]
+    fn a_test_that_never_finished_has_no_exit_code_nor_time() {
+        let dir = std::env::temp_dir().join(format!("matrix-collect-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("capture.a.out"),
+            "test a ... ok\ntest result: ok. 1 passed\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("capture.a.rc"), "0\n").unwrap();
+        std::fs::write(dir.join("capture.a.ms"), "1500\n").unwrap();
+        std::fs::write(dir.join("capture.b.out"), "test b ... ").unwrap();
+        let a = collect(&dir, "capture.a");
+        let b = collect(&dir, "capture.b");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            (a.report.passed.len(), a.rc, a.wall),
+            (1, Some(0), Some(Duration::from_millis(1500)))
+        );
+        assert_eq!((b.report.finished, b.rc, b.wall), (false, None, None));
     }
 }

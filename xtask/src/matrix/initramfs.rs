@@ -48,14 +48,69 @@ pub fn module_name(path: &str) -> String {
     stem.replace('-', "_")
 }
 
-/// modules.dep: each module's path (relative to the modules directory) and its dependencies.
+/// modules.dep: each module's path (relative to the modules directory) and its dependencies;
+/// with modules.softdep and modules.alias, the modules to load before one that finds what it
+/// needs at run time (libcrc32c asks the crypto API for "crc32c", which a module provides).
 #[derive(Debug, Default)]
 pub struct ModulesDep {
     deps: BTreeMap<String, Vec<String>>,
     by_name: BTreeMap<String, String>,
+    /// Module name -> names (or aliases) to load before it.
+    soft_pre: BTreeMap<String, Vec<String>>,
+    /// Alias -> module names.
+    aliases: BTreeMap<String, Vec<String>>,
 }
 
 impl ModulesDep {
+    /// Adds modules.softdep (`softdep MOD pre: A B post: C`) and modules.alias
+    /// (`alias ALIAS MOD`).
+    pub fn with_soft(mut self, softdep: &str, alias: &str) -> ModulesDep {
+        for line in softdep.lines() {
+            let mut words = line.split_whitespace();
+            if words.next() != Some("softdep") {
+                continue;
+            }
+            let Some(module) = words.next() else { continue };
+            let mut pre = false;
+            for w in words {
+                match w {
+                    "pre:" => pre = true,
+                    "post:" => pre = false,
+                    name if pre => self
+                        .soft_pre
+                        .entry(module.replace('-', "_"))
+                        .or_default()
+                        .push(name.to_owned()),
+                    _ => {}
+                }
+            }
+        }
+        for line in alias.lines() {
+            let mut words = line.split_whitespace();
+            if let (Some("alias"), Some(a), Some(m)) = (words.next(), words.next(), words.next()) {
+                self.aliases
+                    .entry(a.to_owned())
+                    .or_default()
+                    .push(m.replace('-', "_"));
+            }
+        }
+        self
+    }
+
+    /// Paths of the modules that provide `name`: the module of that name, else every module
+    /// the alias names.
+    fn provided(&self, name: &str) -> Vec<&str> {
+        if let Some(p) = self.path_of(name) {
+            return vec![p];
+        }
+        self.aliases
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|m| self.path_of(m))
+            .collect()
+    }
+
     pub fn parse(text: &str) -> ModulesDep {
         let mut m = ModulesDep::default();
         for line in text.lines() {
@@ -83,6 +138,11 @@ impl ModulesDep {
         fn visit(m: &ModulesDep, path: &str, seen: &mut BTreeSet<String>, order: &mut Vec<String>) {
             if !seen.insert(path.to_owned()) {
                 return;
+            }
+            for soft in m.soft_pre.get(&module_name(path)).into_iter().flatten() {
+                for provider in m.provided(soft) {
+                    visit(m, provider, seen, order);
+                }
             }
             for dep in m.deps.get(path).into_iter().flatten() {
                 visit(m, dep, seen, order);
@@ -123,7 +183,10 @@ pub fn modules_to_load(modules_dir: &Path) -> Result<Modules> {
     let built = std::fs::read_to_string(modules_dir.join("modules.builtin"))
         .ok()
         .map(|t| builtin(&t));
-    let (order, missing) = ModulesDep::parse(&dep).load_order(MODULES);
+    let read = |f: &str| std::fs::read_to_string(modules_dir.join(f)).unwrap_or_default();
+    let (order, missing) = ModulesDep::parse(&dep)
+        .with_soft(&read("modules.softdep"), &read("modules.alias"))
+        .load_order(MODULES);
     let absent: Vec<_> = missing
         .iter()
         .filter(|m| {
@@ -371,6 +434,32 @@ kernel/drivers/char/hw_random/virtio-rng.ko.zst:
             ]
         );
         assert_eq!(missing, ["ipv6"]);
+    }
+
+    #[test]
+    fn soft_dependencies_come_first_through_their_aliases() {
+        let dep = ModulesDep::parse(
+            "kernel/net/netfilter/nf_tables.ko: kernel/lib/libcrc32c.ko kernel/net/netfilter/nfnetlink.ko
+kernel/lib/libcrc32c.ko:
+kernel/net/netfilter/nfnetlink.ko:
+kernel/arch/x86/crypto/crc32c-intel.ko:
+",
+        )
+        .with_soft(
+            "# Soft dependencies extracted from modules themselves.
+softdep libcrc32c pre: crc32c
+softdep nfnetlink post: nothing_here
+",
+            "alias crc32c crc32c_intel\nalias crc32c crc32c_generic\nalias crypto-crc32c crc32c_intel\n",
+        );
+        let (order, missing) = dep.load_order(&["nf_tables"]);
+        let names: Vec<_> = order.iter().map(|p| module_name(p)).collect();
+        // crc32c_generic is named by the alias but is no module here (built in, or absent).
+        assert_eq!(
+            names,
+            ["crc32c_intel", "libcrc32c", "nfnetlink", "nf_tables"]
+        );
+        assert!(missing.is_empty());
     }
 
     #[test]

@@ -224,7 +224,7 @@ fn one(
         None => guest::Payload::Tests(
             suite::SELECTION
                 .iter()
-                .map(|(name, tests)| (*name, exes[*name].clone(), *tests))
+                .flat_map(|(name, tests)| tests.iter().map(|t| (*name, exes[*name].clone(), *t)))
                 .collect(),
         ),
     };
@@ -258,37 +258,34 @@ fn one(
         }
         Some(_) => {}
     }
-    let names: Vec<&str> = match &args.command {
-        Some(_) => vec!["command"],
-        None => suite::SELECTION.iter().map(|(n, _)| *n).collect(),
-    };
-    let collected = guest::collect(&results, &names);
-    for (exe, (report, rc)) in &collected {
-        passed += report.passed.len();
-        for f in &report.failed {
-            failures.push(format!("{exe}::{f} failed"));
-        }
-        if args.command.is_none() {
-            let expected = suite::SELECTION
-                .iter()
-                .find(|(n, _)| n == exe)
-                .map_or(0, |(_, t)| t.len());
-            let reported = report.passed.len() + report.failed.len();
-            if !report.finished || reported != expected {
-                failures.push(format!(
-                    "{exe}: {reported} of {expected} tests reported{}",
-                    if report.finished { "" } else { ", no summary" }
-                ));
-            }
-        }
-        match rc {
+    let mut times = Vec::new();
+    match &args.command {
+        Some(_) => match guest::collect(&results, "command").rc {
             Some(0) => {}
-            Some(c) if args.command.is_some() || report.failed.is_empty() => {
-                failures.push(format!("{exe} exited with {c}"))
+            Some(c) => failures.push(format!("the command exited with {c}")),
+            None => failures.push("the command did not finish".into()),
+        },
+        None => {
+            for (exe, tests) in suite::SELECTION {
+                for test in *tests {
+                    let run = guest::collect(&results, &guest::stem(exe, test));
+                    let ok = run.report.passed.iter().any(|t| t == test) && run.rc == Some(0);
+                    if ok {
+                        passed += 1;
+                    } else if run.report.failed.iter().any(|t| t == test) {
+                        failures.push(format!("{exe}::{test} failed"));
+                    } else {
+                        failures.push(format!("{exe}::{test} did not finish"));
+                    }
+                    if let Some(w) = run.wall {
+                        times.push(format!("{test} {:.0} s", w.as_secs_f64()));
+                    }
+                }
             }
-            Some(_) => {}
-            None => failures.push(format!("{exe} did not finish")),
         }
+    }
+    if !times.is_empty() {
+        eprintln!("[matrix] {release}: {}", times.join(", "));
     }
     if !failures.is_empty() {
         eprintln!(
