@@ -18,7 +18,8 @@ use anyhow::{Context, Result, bail};
 /// - veth, bridge: the tests' hosts, on a bridge of their own;
 /// - nf_tables, nft_compat and the REJECT targets: Debian's iptables is iptables-nft, and the
 ///   tests drop (`-j DROP`) and reject (`-j REJECT --reject-with icmp-host-unreachable`) SYNs;
-///   iptables-nft hands `REJECT` to the kernel's xtables target through nft_compat;
+///   iptables-nft hands `REJECT` to the kernel's xtables target through nft_compat, and counts
+///   each rule (nft_counter: a module on 5.10, built into nf_tables later);
 /// - ipv6: built in on Debian's kernels; listed in case a kernel has it as a module.
 pub const MODULES: &[&str] = &[
     "virtio_pci",
@@ -30,6 +31,7 @@ pub const MODULES: &[&str] = &[
     "bridge",
     "nf_tables",
     "nft_compat",
+    "nft_counter",
     "x_tables",
     "xt_tcpudp",
     "ipt_REJECT",
@@ -38,7 +40,13 @@ pub const MODULES: &[&str] = &[
 ];
 
 /// Modules missing from a kernel, neither a module nor built in, that the guest can do without.
-const OPTIONAL: &[&str] = &["virtio_rng", "ipv6", "xt_tcpudp", "ip6t_REJECT"];
+const OPTIONAL: &[&str] = &[
+    "virtio_rng",
+    "ipv6",
+    "nft_counter",
+    "xt_tcpudp",
+    "ip6t_REJECT",
+];
 
 /// A module's name as the kernel knows it: its file name without `.ko` and compression, with
 /// `-` read as `_`.
