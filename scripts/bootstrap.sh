@@ -8,12 +8,17 @@
 #     linux-perf (`perf record -a`: the bench's CPU profile of the storm, which the smoke test runs),
 #     bpftrace and libbpf-tools (the peers the bench measures against, in the smoke test too:
 #     a bpftrace script and libbpf-tools' CO-RE `tcplife`).
+<<<<<<< HEAD
 #   - the kernel matrix (`cargo xtask matrix`, the last step of `cargo xtask test`):
 #     qemu-system-x86 (guests on Debian's kernels), busybox-static (their initramfs), kmod
 #     (depmod: the kernel packages ship no modules.dep), xz-utils and zstd (modules are
 #     decompressed for busybox's insmod). The kernels themselves are downloaded by the matrix
 #     through an apt state of its own (target/kernel-matrix/apt), not installed.
 #   - the kernel crate's nightly as toolchain.env pins it, with rust-src (-Z build-std=core).
+=======
+#   - the kernel crate's nightly as toolchain.env pins it, with rust-src (-Z build-std=core) and
+#     clippy (`cargo xtask test` lints the kernel crate for its own target with that nightly).
+>>>>>>> main
 #   - bpf-linker as toolchain.env pins it, from crates.io, built against Debian's LLVM 22.
 #   - cargo-fuzz 0.13 from crates.io (the test command fuzzes the DNS answer path for 30 s).
 set -euo pipefail
@@ -50,8 +55,8 @@ if [ "$(commit_of "$EBPF_NIGHTLY")" != "$EBPF_NIGHTLY_COMMIT" ]; then
     log "linking the installed nightly (commit $EBPF_NIGHTLY_COMMIT) as $EBPF_NIGHTLY"
     ln -s "$toolchains/nightly-$host" "$toolchains/$EBPF_NIGHTLY-$host"
   else
-    log "installing $EBPF_NIGHTLY with rust-src (the kernel crate: -Z build-std=core)"
-    rustup toolchain install "$EBPF_NIGHTLY" --profile minimal --component rust-src >&2
+    log "installing $EBPF_NIGHTLY with rust-src and clippy (the kernel crate: -Z build-std=core, its lint)"
+    rustup toolchain install "$EBPF_NIGHTLY" --profile minimal --component rust-src --component clippy >&2
   fi
   if [ "$(commit_of "$EBPF_NIGHTLY")" != "$EBPF_NIGHTLY_COMMIT" ]; then
     log "$EBPF_NIGHTLY is commit $(commit_of "$EBPF_NIGHTLY"), not $EBPF_NIGHTLY_COMMIT (toolchain.env)"; exit 2
@@ -60,6 +65,10 @@ fi
 if ! rustup component list --toolchain "$EBPF_NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src'; then
   log "adding rust-src to $EBPF_NIGHTLY (kernel crate: -Z build-std=core)"
   rustup component add rust-src --toolchain "$EBPF_NIGHTLY" >&2
+fi
+if ! rustup component list --toolchain "$EBPF_NIGHTLY" --installed 2>/dev/null | grep -q '^clippy'; then
+  log "adding clippy to $EBPF_NIGHTLY (cargo xtask test lints the kernel crate for bpfel-unknown-none)"
+  rustup component add clippy --toolchain "$EBPF_NIGHTLY" >&2
 fi
 
 linker_version() { bpf-linker --version 2>/dev/null | awk '{print $2}'; }

@@ -187,6 +187,30 @@ impl Object {
         Ok(out)
     }
 
+    /// Indices of the functions that program `entry` reaches through calls, itself excluded, in
+    /// the order first reached.
+    pub fn reachable(&self, entry: &str) -> Vec<usize> {
+        let Some(start) = self
+            .functions
+            .iter()
+            .position(|f| f.entry && f.name == entry)
+        else {
+            return Vec::new();
+        };
+        let mut reached = vec![start];
+        let mut next = 0;
+        while next < reached.len() {
+            for &callee in &self.functions[reached[next]].calls {
+                if !reached.contains(&callee) {
+                    reached.push(callee);
+                }
+            }
+            next += 1;
+        }
+        reached.remove(0);
+        reached
+    }
+
     /// The functions of the deepest chain from `at`, `at` first.
     fn deepest(&self, at: usize, path: &mut Vec<usize>) -> Result<Vec<usize>, Error> {
         if path.contains(&at) {
@@ -388,6 +412,14 @@ mod tests {
         // exactly at the budget passes; a byte over fails
         assert_eq!(check(&chains[1..], 160), Ok(()));
         assert!(check(&chains[1..], 159).is_err());
+    }
+
+    #[test]
+    fn reachable_lists_every_function_a_program_calls_once() {
+        let o = mains_old_program();
+        assert_eq!(o.reachable("inet_sock_set_state"), vec![1, 2, 3]);
+        assert_eq!(o.reachable("dns_responses"), vec![2]);
+        assert_eq!(o.reachable("no_such_program"), Vec::<usize>::new());
     }
 
     #[test]

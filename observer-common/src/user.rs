@@ -6,12 +6,12 @@ use crate::{
     DnsOffsets, DnsResponseHead, FAMILY_V4, FlowCounters, FlowEvent, FlowKey, Outcome, SockOffsets,
 };
 
-// SAFETY for the impls below: each type is `#[repr(C)]`, made only of integers and byte
-// arrays, laid out without implicit padding (checked by `layouts_have_no_padding`), so every
-// bit pattern is a valid value.
 macro_rules! pod {
     ($($t:ty),*) => {$(
         #[expect(unsafe_code, reason = "aya::Pod marks the map layouts as plain old data")]
+        // SAFETY: each type is `#[repr(C)]`, made only of integers and byte arrays, laid out
+        // without implicit padding (checked by `layouts_have_no_padding`), so every bit
+        // pattern is a valid value.
         unsafe impl aya::Pod for $t {}
     )*};
 }

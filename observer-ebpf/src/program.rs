@@ -1,3 +1,9 @@
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "aya-ebpf's map methods take `impl Borrow<K>`: a key or value passed by value, not \
+              by reference, is copied to the 512-byte BPF stack the build holds to a budget"
+)]
+
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
@@ -90,24 +96,27 @@ macro_rules! offset {
 // stays off the hot path. Its frame stacks on the entry's, and `observer/build.rs` holds the
 // sum to the budget (`bpf-stack`).
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "aya-ebpf's program macros call this with the context by value"
+)]
 pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     let old: u64 = ctx.arg(1);
     let new: u64 = ctx.arg(2);
     // The filter for the 7 transitions in 10 that matter to nobody: two integer comparisons,
     // no helper call, no memory read.
-    let sk: u64 = match (old as u32 as u64, new as u32 as u64) {
+    let sk: u64 = match (u64::from(old as u32), u64::from(new as u32)) {
         (tcp_state::CLOSE, tcp_state::SYN_SENT)
-        | (tcp_state::SYN_SENT, tcp_state::ESTABLISHED)
-        | (tcp_state::SYN_SENT, tcp_state::CLOSE)
+        | (tcp_state::SYN_SENT, tcp_state::ESTABLISHED | tcp_state::CLOSE)
         | (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => ctx.arg(0),
         _ => return 0,
     };
     let sk = cast_sock(sk, offset!(sock_btf_id));
     // One call site per handler, so that each is inlined whole.
-    let result = match old as u32 as u64 {
+    let result = match u64::from(old as u32) {
         tcp_state::CLOSE => on_connect_start(&ctx, sk),
         tcp_state::SYN_SENT => {
-            on_connect_end(&ctx, sk, new as u32 as u64 == tcp_state::ESTABLISHED)
+            on_connect_end(&ctx, sk, u64::from(new as u32) == tcp_state::ESTABLISHED)
         }
         _ => on_accept(&ctx, sk),
     };
@@ -137,7 +146,7 @@ fn cast_sock(sk: u64, sock_btf_id: u32) -> u64 {
 /// global), so it keeps only one of the two paths.
 #[inline(always)]
 fn read<T>(base: u64, offset: u32) -> Result<T, i32> {
-    let at = (base + offset as u64) as *const T;
+    let at = (base + u64::from(offset)) as *const T;
     if offset!(sock_btf_id) != 0 {
         // SAFETY: the verifier turns a load through an untrusted BTF pointer into a
         // fault-handling load (BPF_PROBE_MEM): a bad address reads as zero, never faults.
@@ -204,7 +213,9 @@ fn on_connect_start(ctx: &RawTracePointContext, sk: u64) -> Result<(), i32> {
     // (the handshake's end adds it). Should that fail too, the end counts the connection
     // without its task.
     count_loss(ctx, loss::RING_FULL);
-    if FLOWS.insert(&key, &NEW_FLOW, BPF_NOEXIST as u64).is_ok()
+    if FLOWS
+        .insert(&key, &NEW_FLOW, u64::from(BPF_NOEXIST))
+        .is_ok()
         && let Some(value) = FLOWS.get_ptr_mut(&key)
     {
         // SAFETY: a live element (the program runs under RCU) that this run created; the
@@ -322,7 +333,7 @@ fn count(ctx: &RawTracePointContext, key: &FlowKey, outcome: Outcome) {
     }
     // EEXIST: another CPU (or the agent) created the flow between our lookup and insert; the
     // connection is then added to that entry.
-    let created = match FLOWS.insert(key, &NEW_FLOW, BPF_NOEXIST as u64) {
+    let created = match FLOWS.insert(key, &NEW_FLOW, u64::from(BPF_NOEXIST)) {
         Ok(()) => true,
         Err(EEXIST) => false,
         Err(_) => {
@@ -366,7 +377,7 @@ fn add_to_existing(key: &FlowKey, outcome: Outcome, now: u64) -> bool {
 /// event, most of a new flow's cost).
 #[inline(always)]
 fn emit(key: &FlowKey, now: u64, kind: u32, pid_tgid: u64, comm: [u64; 2]) -> bool {
-    const _: () = assert!(size_of::<FlowKey>() % 8 == 0 && align_of::<FlowKey>() == 8);
+    const _: () = assert!(size_of::<FlowKey>().is_multiple_of(8) && align_of::<FlowKey>() == 8);
     let Some(mut entry) = FLOW_EVENTS.reserve::<FlowEvent>(0) else {
         return false;
     };
@@ -376,7 +387,7 @@ fn emit(key: &FlowKey, now: u64, kind: u32, pid_tgid: u64, comm: [u64; 2]) -> bo
     unsafe {
         copy_words(
             core::ptr::addr_of_mut!((*e).key).cast(),
-            (key as *const FlowKey).cast(),
+            core::ptr::from_ref(key).cast(),
             size_of::<FlowKey>() / 8,
         );
         core::ptr::write_volatile(core::ptr::addr_of_mut!((*e).time_ns), now);

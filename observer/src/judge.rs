@@ -8,7 +8,6 @@ use crate::architecture::{Architecture, FlowFacts, Judgement, KUBE_APISERVER, NO
 /// The party a record's `component` field names in `model`.
 pub fn party(model: &Architecture, component: Option<&str>) -> Party {
     match component {
-        None => Party::Unknown,
         Some(NODE) => Party::Node,
         Some(KUBE_APISERVER) => Party::KubeApiserver,
         Some(name) if model.components().iter().any(|c| c.name == name) => {
@@ -17,7 +16,7 @@ pub fn party(model: &Architecture, component: Option<&str>) -> Party {
         Some(name) if model.externals().iter().any(|e| e.name == name) => {
             Party::External(name.to_owned())
         }
-        Some(_) => Party::Unknown,
+        None | Some(_) => Party::Unknown,
     }
 }
 

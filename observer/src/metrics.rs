@@ -568,7 +568,10 @@ impl Metrics {
         held: &mut FlowSeries,
         now: Instant,
     ) {
-        let mut book = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let mut book = self
+            .series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.sweep(&mut book, now);
         let mut overflowed = 0;
         if let Some((counter, overflow)) = book.touch(&held.connections, now) {
@@ -697,7 +700,10 @@ impl Metrics {
 
     /// Expires quiet series now (called at scrape time too, so they go without new records).
     pub fn expire_series_at(&self, now: Instant) {
-        let mut book = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let mut book = self
+            .series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.sweep(&mut book, now);
         self.flow_series
             .set((book.len() + book.overflow_series) as i64);

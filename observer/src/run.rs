@@ -228,7 +228,10 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             let client =
                 inventory::client_from_kubeconfig_or_incluster(kubeconfig.as_deref()).await?;
             let status = Arc::new(InventoryStatus::new());
-            *health.inventory.lock().unwrap_or_else(|e| e.into_inner()) = Some(status.clone());
+            *health
+                .inventory
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(status.clone());
             tasks.push(tokio::spawn(inventory::run_watchers(
                 client,
                 handle.clone(),
@@ -254,7 +257,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         })?;
         names
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .merge(&loaded);
     } else if let Some((_, handle)) = &opts.model {
         tasks.push(tokio::spawn(resolve_exact_hosts(
@@ -302,7 +305,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             _ = ticker.tick() => {}
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            _ = sleep_until(deadline) => break,
+            () = sleep_until(deadline) => break,
         }
         let full_scan = Instant::now() >= next_flush;
         agent.tick(full_scan);
@@ -336,7 +339,9 @@ async fn resolve_exact_hosts(model: ModelHandle, names: Arc<Mutex<HostNames>>) {
         })
         .await
         .unwrap_or_default();
-        *names.lock().unwrap_or_else(|e| e.into_inner()) = resolved;
+        *names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = resolved;
         tokio::time::sleep(Duration::from_secs(60)).await;
     }
 }
@@ -510,7 +515,7 @@ impl Agent {
             names: self
                 .names
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .generation(),
         }
     }
@@ -549,7 +554,10 @@ impl Agent {
             );
         }
         // Borrowed under the lock, never copied: this runs once per record.
-        let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        let names = self
+            .names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let attributed =
             self.attributor
                 .attribute(&mut record, index.as_deref(), model.as_deref(), &names);
@@ -635,7 +643,7 @@ impl Agent {
                     .agent_loss("flow_log_write_failed", record.count);
                 tracing::warn!("flow log write failed: {e}");
             }
-        };
+        }
     }
 
     fn record(
@@ -1142,7 +1150,7 @@ mod tests {
         let (others, loopback) = order.split_at(3);
         let sorted = |s: &[u32]| {
             let mut s = s.to_vec();
-            s.sort();
+            s.sort_unstable();
             s
         };
         assert_eq!(sorted(others), [1, 3, 4]);

@@ -518,6 +518,10 @@ impl Drop for Traces {
 }
 
 /// The export thread: batches of up to `BATCH` spans, one request each, until the agent ends.
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the export thread's body: it owns the exporter and the channel until it ends"
+)]
 fn export_loop(exporter: opentelemetry_otlp::SpanExporter, rx: Receiver<Pending>, h: Arc<Health>) {
     let mut failures = 0u64;
     while let Ok(first) = rx.recv() {

@@ -733,11 +733,11 @@ fn watch(
         loop {
             let tick = tokio::time::sleep(BOOKMARK_EVERY);
             tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {
+                () = tokio::time::sleep_until(deadline) => {
                     inner.state().watches.retain(|w| w.id != id);
                     return;
                 }
-                _ = tick => {
+                () = tick => {
                     let mut st = inner.state();
                     let rv = st.rv;
                     let Some(w) = st.watches.iter().find(|w| w.id == id) else { return };

@@ -267,7 +267,10 @@ impl Agent {
 
     /// True while the agent process runs.
     pub fn running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+        matches!(
+            self.child.as_mut().map(std::process::Child::try_wait),
+            Some(Ok(None))
+        )
     }
 
     /// Starts `observer run` like [`start`](Self::start) but returns as soon as it serves its
@@ -297,7 +300,7 @@ impl Agent {
                 args.extend([flag.to_owned(), value.to_owned()]);
             }
         }
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(extra.iter().map(ToString::to_string));
         let child = Command::new(observer_bin())
             .args(&args)
             .stderr(stderr)
@@ -313,9 +316,13 @@ impl Agent {
         while agent.metrics_addr.is_empty() {
             let log = agent.log();
             if let Some(rest) = log.split("on http://").nth(1) {
-                agent.metrics_addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .clone_into(&mut agent.metrics_addr);
             }
-            if let Some(Ok(Some(status))) = agent.child.as_mut().map(|c| c.try_wait()) {
+            if let Some(Ok(Some(status))) = agent.child.as_mut().map(std::process::Child::try_wait)
+            {
                 panic!("agent exited with {status} before serving:\n{log}");
             }
             assert!(
@@ -462,9 +469,10 @@ pub async fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() ->
         if cond() {
             return start.elapsed();
         }
-        if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for: {what}");
-        }
+        assert!(
+            start.elapsed() <= timeout,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

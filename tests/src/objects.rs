@@ -16,7 +16,8 @@ pub fn deployment_pod(ns: &str, deployment: &str, suffix: &str, ip: &str) -> Val
 
 /// A running pod on node-a with one container port 8080 named `http`.
 pub fn pod(ns: &str, name: &str, ip: &str, labels: Value, owner: Option<(&str, &str)>) -> Value {
-    let mut meta = json!({"namespace": ns, "name": name, "labels": labels});
+    let mut meta = json!({"namespace": ns, "name": name});
+    meta["labels"] = labels;
     if let Some((kind, owner)) = owner {
         meta["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": kind, "name": owner,
             "uid": format!("uid-{owner}"), "controller": true}]);

@@ -149,13 +149,16 @@ impl Receiver {
     pub fn requests(&self) -> usize {
         self.requests
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .len()
     }
 
     /// How many spans were received so far (without copying them, as [`spans`](Self::spans) does).
     pub fn span_count(&self) -> usize {
-        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let requests = self
+            .requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         requests
             .iter()
             .flat_map(|r| &r.resource_spans)
@@ -166,7 +169,10 @@ impl Receiver {
 
     /// Every span received so far.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let requests = self
+            .requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = Vec::new();
         for req in requests.iter() {
             for rs in &req.resource_spans {
@@ -228,7 +234,9 @@ async fn handle(
     };
     match ExportTraceServiceRequest::decode(body) {
         Ok(r) => {
-            kept.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+            kept.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(r);
             let ok = ExportTraceServiceResponse::default().encode_to_vec();
             Ok(reply(StatusCode::OK, ok))
         }

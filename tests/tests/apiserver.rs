@@ -42,7 +42,7 @@ async fn lists_page_through_a_consistent_snapshot() -> anyhow::Result<()> {
         .items
         .iter()
         .chain(&page2.items)
-        .map(|p| p.name_any())
+        .map(kube::ResourceExt::name_any)
         .collect();
     assert_eq!(
         names,
@@ -83,7 +83,7 @@ async fn watches_replay_history_stream_changes_and_expire() -> anyhow::Result<()
     };
     let next = async |s: &mut futures::stream::BoxStream<'_, kube::Result<WatchEvent<Pod>>>| loop {
         match next_any(s).await {
-            Ok(Some(WatchEvent::Bookmark(_))) => continue,
+            Ok(Some(WatchEvent::Bookmark(_))) => {}
             other => return other,
         }
     };

@@ -144,11 +144,13 @@ fn local_pod(deployment: &str, ip: Ipv4Addr) -> Value {
 
 /// A ClusterIP Service selecting `app.kubernetes.io/name: <app>`, `port` to `target_port`.
 fn service(name: &str, cluster_ip: &str, app: &str, port: u16, target_port: Value) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service",
+    let mut v = json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"namespace": NS, "name": name, "uid": uid()},
         "spec": {"type": "ClusterIP", "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
             "selector": {"app.kubernetes.io/name": app},
-            "ports": [{"name": "http", "port": port, "protocol": "TCP", "targetPort": target_port}]}})
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}]}});
+    v["spec"]["ports"][0]["targetPort"] = target_port;
+    v
 }
 
 /// The Service's EndpointSlice listing `ips` on `port` (`http`).
@@ -173,8 +175,8 @@ fn wire<T: serde::Serialize>(v: &T) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-fn opt(s: &Option<String>) -> &str {
-    s.as_deref().unwrap_or("-")
+fn opt(s: Option<&str>) -> &str {
+    s.unwrap_or("-")
 }
 
 fn endpoint(e: &Endpoint) -> String {
@@ -189,17 +191,17 @@ fn endpoint(e: &Endpoint) -> String {
         .map_or("-".into(), |w| format!("{}/{}", w.kind, w.name));
     format!(
         "{addr} {}/{} {workload} svc={} comp={} {}",
-        opt(&e.namespace),
-        opt(&e.pod),
-        opt(&e.service),
-        opt(&e.component),
+        opt(e.namespace.as_deref()),
+        opt(e.pod.as_deref()),
+        opt(e.service.as_deref()),
+        opt(e.component.as_deref()),
         e.scope.map_or("-".into(), |s| wire(&s))
     )
 }
 
 /// `direction src -> dst : verdict rule-or-reason`, everything the test judges but the counts.
 fn describe(r: &FlowRecord) -> String {
-    let judged = match (r.verdict, r.reason, &r.rule) {
+    let judged = match (r.verdict, r.reason, r.rule.as_deref()) {
         (Some(v), Some(reason), _) => format!("{} {}", wire(&v), reason.name()),
         (Some(v), None, rule) => format!("{} {}", wire(&v), opt(rule)),
         (None, ..) => "unjudged".into(),
@@ -265,8 +267,8 @@ fn agent_args(arch: &Path, n: &Net, index: &[&str], extra: &[&str]) -> Vec<Strin
         "--service-cidr".into(),
         n.services.clone(),
     ];
-    v.extend(index.iter().map(|s| s.to_string()));
-    v.extend(extra.iter().map(|s| s.to_string()));
+    v.extend(index.iter().map(ToString::to_string));
+    v.extend(extra.iter().map(ToString::to_string));
     v
 }
 
@@ -501,7 +503,7 @@ fn a_pod_ip_reused_by_a_new_pod_names_the_new_pod() {
     let records = mine(&agent.stop(), front);
 
     // Every record before the change names A, every one after it B.
-    let pods: Vec<&str> = records.iter().map(|r| opt(&r.dst.pod)).collect();
+    let pods: Vec<&str> = records.iter().map(|r| opt(r.dst.pod.as_deref())).collect();
     let first_b = pods
         .iter()
         .position(|p| p.contains("web-v2"))
@@ -1024,7 +1026,7 @@ fn observer_check_judges_a_recorded_flow_log() {
         &[],
     );
     let agent = Agent::start(&strs(&args));
-    let hosts = [front, web, db].map(|h| h.netns_inode());
+    let hosts = [front, web, db].map(observer_tests::Host::netns_inode);
     connect(front, &format!("{}:8080", web.ip4), 2);
     wait_count(&agent, front, 2);
     let expected_log = files.write("expected.jsonl", &lines_of(&agent, &hosts));

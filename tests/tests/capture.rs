@@ -489,6 +489,46 @@ fn missing_capabilities_are_named_with_exit_code_2() {
     );
 }
 
+/// With a 64 KiB locked-memory limit and no CAP_SYS_RESOURCE to lift it: a kernel that
+/// charges BPF maps to the memory cgroup (5.11+) runs the agent as if there were no limit; one
+/// that charges them to the limit (before 5.11: it still has `bpf_map_charge_init`) makes the
+/// agent name the limit and the fix, exit code 2, instead of failing on an opaque EPERM.
+#[test]
+fn a_memlock_limit_matters_only_where_the_kernel_charges_maps_to_it() {
+    observer_tests::require_root();
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms").expect("/proc/kallsyms");
+    let charged_to_memlock = kallsyms
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("bpf_map_charge_init"));
+    let out = Command::new("prlimit")
+        .args(["--memlock=65536:65536", "--", "setpriv"])
+        .args(["--bounding-set=-sys_resource", "--inh-caps=-all", "--"])
+        .arg(observer_tests::observer_bin())
+        .args([
+            "run",
+            "--duration",
+            "1s",
+            "--no-dns",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--no-kubernetes", "--flow-log", "/dev/null"])
+        .output()
+        .expect("prlimit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if charged_to_memlock {
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("charges BPF maps to the locked-memory limit")
+                && stderr.contains("65536 bytes")
+                && stderr.contains("CAP_SYS_RESOURCE"),
+            "{stderr}"
+        );
+    } else {
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+    }
+}
+
 #[test]
 fn duration_bounds_a_run_and_the_last_flush_is_kept() {
     let lab = Lab::new(2);

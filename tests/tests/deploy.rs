@@ -220,7 +220,7 @@ fn dashboard_queries(v: &Value, out: &mut Vec<String>) {
                 match (k.as_str(), v) {
                     ("expr", Value::String(s)) => out.push(s.clone()),
                     ("query" | "definition", Value::String(s)) if s.contains('(') => {
-                        out.push(s.clone())
+                        out.push(s.clone());
                     }
                     _ => dashboard_queries(v, out),
                 }
@@ -256,7 +256,7 @@ fn dashboard_queries_name_only_exported_metrics_and_parse() {
             used.insert(name);
         }
     }
-    let all: BTreeSet<String> = METRICS.iter().map(|m| m.to_string()).collect();
+    let all: BTreeSet<String> = METRICS.iter().map(ToString::to_string).collect();
     assert_eq!(used, all, "the dashboard shows every metric");
 
     // Every panel reads the DS_PROMETHEUS data source.

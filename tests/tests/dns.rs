@@ -178,7 +178,7 @@ fn pods_egress_is_named_by_the_dns_answers_each_pod_received() {
 
     // The documented resolver: Entra ID's name is a CNAME, as the real one is; a Tailscale
     // funnel name; an undocumented paste site; and a name whose answer lives one second.
-    let _resolver = NameServer::start(
+    let resolver_server = NameServer::start(
         resolver,
         d,
         &[
@@ -200,7 +200,6 @@ fn pods_egress_is_named_by_the_dns_answers_each_pod_received() {
             unnamed.ip4
         )],
     );
-    let resolver_server = _resolver;
     let _conf = [
         ResolvConf::write(gateway, resolver.ip4, ""),
         ResolvConf::write(reporter, rogue.ip4, ""),
@@ -271,7 +270,7 @@ fn pods_egress_is_named_by_the_dns_answers_each_pod_received() {
         "1s",
     ]
     .iter()
-    .map(|s| s.to_string())
+    .map(ToString::to_string)
     .collect();
     args.extend(pod_cidrs);
     let agent = Agent::start(&args.iter().map(String::as_str).collect::<Vec<_>>());

@@ -422,14 +422,11 @@ scrape_configs:
     );
     let prom = Prometheus::start(&config, &[("observer-rules.yaml", rules_without_for())]);
     let rules = prom.api("/api/v1/rules");
-    let loaded = rules["groups"]
-        .as_array()
-        .map(|g| {
-            g.iter()
-                .map(|g| g["rules"].as_array().map_or(0, Vec::len))
-                .sum::<usize>()
-        })
-        .unwrap_or(0);
+    let loaded = rules["groups"].as_array().map_or(0, |g| {
+        g.iter()
+            .map(|g| g["rules"].as_array().map_or(0, Vec::len))
+            .sum::<usize>()
+    });
     assert_eq!(loaded, 12, "every rule of the project loaded: {rules}");
     wait(Duration::from_secs(30), "the agent scraped", || {
         let up = prom.query("up{job=\"observer\"}");
@@ -489,7 +486,12 @@ scrape_configs:
     // Unattributed connections: never this test's hosts (all in the inventory, or outside
     // the pod range); an `unattributed` alert must come from records of other namespaces.
     let records = agent.records();
-    let hosts: BTreeSet<u32> = s.lab.hosts.iter().map(|h| h.netns_inode()).collect();
+    let hosts: BTreeSet<u32> = s
+        .lab
+        .hosts
+        .iter()
+        .map(observer_tests::Host::netns_inode)
+        .collect();
     let (mine, others): (Vec<&FlowRecord>, Vec<&FlowRecord>) = records
         .iter()
         .filter(|r| unattributed(r))

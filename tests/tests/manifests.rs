@@ -127,7 +127,7 @@ fn agent(ds: &DaemonSet) -> Container {
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
+    v.iter().map(ToString::to_string).collect()
 }
 
 fn q(s: &str) -> Quantity {

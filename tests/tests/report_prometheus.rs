@@ -292,8 +292,7 @@ fn report_from_a_real_prometheus_scraping_an_exposition() {
     let seen = |k: &str| {
         f[k].as_str()
             .and_then(|s| s.parse::<TimeSpec>().ok())
-            .map(|t| t.resolve(now))
-            .unwrap_or_else(|| panic!("{k} missing: {f}"))
+            .map_or_else(|| panic!("{k} missing: {f}"), |t| t.resolve(now))
     };
     assert!(
         seen("first_seen") >= started - Duration::from_secs(1) && seen("last_seen") <= now,

@@ -1,6 +1,7 @@
-//! Project tasks. `cargo xtask test` is the test command CI runs; `cargo xtask demo` the demo;
-//! `cargo xtask bench` the benchmarks (BENCHMARKS.md); `cargo xtask matrix` the capture tests on
-//! Debian's kernels in qemu guests (also the last step of `cargo xtask test`).
+//! Project tasks. `cargo xtask test` is the test command CI runs (`cargo xtask lint` its first
+//! step); `cargo xtask demo` the demo; `cargo xtask bench` the benchmarks (BENCHMARKS.md);
+//! `cargo xtask matrix` the capture tests on Debian's kernels in qemu guests (also the last step
+//! of `cargo xtask test`).
 //! Each task first runs `scripts/bootstrap.sh`, which installs what a fresh machine lacks and
 //! says what it installs.
 
@@ -25,8 +26,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what a fresh machine lacks (Debian packages, rust-src, bpf-linker).
+    /// Install what a fresh machine lacks (Debian packages, the nightly with rust-src and clippy,
+    /// bpf-linker).
     Bootstrap,
+    /// Check formatting and clippy, for the host and for the kernel crate's BPF target (the
+    /// first step of `test`).
+    Lint,
     /// Build everything and run every test: unit tests, the privileged end-to-end tests, then
     /// the capture tests on Debian's kernels in qemu guests (the kernel matrix).
     Test {
@@ -90,15 +95,73 @@ fn bootstrap() -> Result<()> {
 }
 
 fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    })
+}
+
+/// The lint gate, before anything is built or run: formatting, clippy for the host, and clippy
+/// for the kernel crate on its own target (its code is behind `cfg(target_arch = "bpf")`, so the
+/// host's clippy never sees it). `-D warnings` makes the workspace lints of Cargo.toml binding.
+fn lint() -> Result<()> {
+    // The kernel crate's lint needs the pinned nightly and its clippy.
+    bootstrap()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(&cargo).args(["fmt", "--all", "--", "--check"]))
+        .context("lint: the code is not formatted as rustfmt formats it; run `cargo fmt --all`")?;
+    run(Command::new(&cargo).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .context(
+        "lint: clippy reported the warnings above; fix them (or #[expect] one with a reason)",
+    )?;
+    // As observer/build.rs builds it (aya-build): the pinned nightly, core built from source,
+    // and the cfg aya-ebpf reads the host's architecture from (for the tracepoint arguments).
+    let nightly = pinned("EBPF_NIGHTLY")?;
+    let target = if cfg!(target_endian = "big") {
+        "bpfeb-unknown-none"
+    } else {
+        "bpfel-unknown-none"
+    };
+    let mut bpf = Command::new("rustup");
+    bpf.args([
+        "run",
+        &nightly,
+        "cargo",
+        "clippy",
+        "--package",
+        "observer-ebpf",
+        "--release",
+    ])
+    .args([
+        "--target",
+        target,
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ])
+    .env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+    )
+    // The workspace's cargo sets these for its own toolchain (aya-build removes them too).
+    .env_remove("RUSTC")
+    .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    run(&mut bpf).with_context(|| {
+        format!("lint: clippy reported the warnings above in the kernel crate, built for {target}")
+    })
 }
 
 fn test(filter: &[String]) -> Result<()> {
+    lint()?;
     if !is_root() {
         bail!(
             "the end-to-end tests load BPF programs and create network namespaces: run `cargo xtask test` as root"
@@ -133,12 +196,17 @@ fn test(filter: &[String]) -> Result<()> {
     e2e.args(["test", "-p", "observer-tests", "--", "--test-threads=1"])
         .args(filter)
         .env("OBSERVER_BIN", bin);
-    run(&mut e2e)?;
-    // The capture tests again, on Debian's kernels: the host's kernel is one custom build.
-    if filter.is_empty() {
-        matrix::run(&root(), &matrix::MatrixArgs::all())?;
+    let host = run(&mut e2e);
+    if !filter.is_empty() {
+        return host;
     }
-    Ok(())
+    // The capture tests again, on Debian's kernels (the host's kernel is one custom build);
+    // also after a failure on the host, which they may tell apart from a kernel's.
+    match (host, matrix::run(&root(), &matrix::MatrixArgs::all())) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        (Err(host), Err(kernels)) => bail!("{host:#}\n{kernels:#}"),
+    }
 }
 
 fn matrix(args: &matrix::MatrixArgs) -> Result<()> {
@@ -187,7 +255,7 @@ fn demo(linger_seconds: u64, out: PathBuf, metrics_addr: String, no_build: bool)
         out_dir: out,
         metrics_addr,
     };
-    if demo::run(&root(), &opts, interrupted)? {
+    if demo::run(&root(), &opts, &interrupted)? {
         Ok(())
     } else {
         bail!("the demo's verdicts did not match what it drove (see the summary above)")
@@ -197,6 +265,7 @@ fn demo(linger_seconds: u64, out: PathBuf, metrics_addr: String, no_build: bool)
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Bootstrap => bootstrap(),
+        Task::Lint => lint(),
         Task::Test { filter } => test(&filter),
         Task::Demo {
             linger_seconds,

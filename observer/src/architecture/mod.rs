@@ -300,7 +300,7 @@ fn content_hash(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     let mut s = String::with_capacity(7 + 64);
     s.push_str("sha256:");
-    for b in digest.iter() {
+    for b in &digest {
         s.push_str(&format!("{b:02x}"));
     }
     s

@@ -139,7 +139,7 @@ fn watch_directory(
     let handler = move |event: notify::Result<notify::Event>| {
         match &event {
             Err(e) => {
-                tracing::warn!(error = %e, "architecture directory watch reported an error; re-reading the file")
+                tracing::warn!(error = %e, "architecture directory watch reported an error; re-reading the file");
             }
             // Opening and closing a file unwritten changes nothing, and the check itself opens
             // the file: taken as changes, they re-read it every SETTLE for ever.
@@ -222,8 +222,7 @@ impl Reloader {
             Err(errors) => {
                 let message = errors.to_string();
                 let key = std::fs::read(&self.path)
-                    .map(|b| super::content_hash(&b))
-                    .unwrap_or_else(|_| message.clone());
+                    .map_or_else(|_| message.clone(), |b| super::content_hash(&b));
                 if self.last_rejected.as_ref() == Some(&key) {
                     return;
                 }

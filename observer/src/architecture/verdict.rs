@@ -131,10 +131,11 @@ fn wildcards(rule: &Rule) -> usize {
 
 fn end_matches(end: &RuleEnd, party: &Party) -> bool {
     match (end, party) {
-        (RuleEnd::AnyComponent, Party::Component(_)) => true,
         (RuleEnd::Component(a), Party::Component(b))
         | (RuleEnd::External(a), Party::External(b)) => a == b,
-        (RuleEnd::Node, Party::Node) | (RuleEnd::KubeApiserver, Party::KubeApiserver) => true,
+        (RuleEnd::AnyComponent, Party::Component(_))
+        | (RuleEnd::Node, Party::Node)
+        | (RuleEnd::KubeApiserver, Party::KubeApiserver) => true,
         _ => false,
     }
 }

@@ -190,7 +190,7 @@ impl Btf {
             let t = self.types.get(id as usize)?;
             match t.kind {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    id = t.type_id
+                    id = t.type_id;
                 }
                 _ => return Some(t),
             }
@@ -270,9 +270,9 @@ pub(crate) mod tests {
         };
         let mut t = Vec::new();
         let mut push = |words: &[u32]| {
-            words
-                .iter()
-                .for_each(|w| t.extend_from_slice(&w.to_le_bytes()))
+            for w in words {
+                t.extend_from_slice(&w.to_le_bytes());
+            }
         };
         // 1: int
         push(&[s("int"), 1 << 24, 4, 32]);

@@ -45,10 +45,10 @@ pub fn attach(ebpf: &mut Ebpf, opts: &DnsCaptureOptions) -> Result<DnsCapture, C
             .program_mut(name)
             .ok_or(CaptureError::Missing(name))?
             .try_into()
-            .map_err(|e| dns_attach_error(&opts.cgroup_root, e))?;
+            .map_err(|e| dns_attach_error(&opts.cgroup_root, &e))?;
         program
             .load()
-            .map_err(|e| match loader::program_error(name, e) {
+            .map_err(|e| match loader::program_error(name, &e) {
                 CaptureError::Attach { reason, .. } => CaptureError::DnsAttach {
                     path: opts.cgroup_root.clone(),
                     reason,
@@ -59,7 +59,7 @@ pub fn attach(ebpf: &mut Ebpf, opts: &DnsCaptureOptions) -> Result<DnsCapture, C
             // aya attaches through a BPF link (Linux 5.7+), which the kernel always treats as
             // BPF_F_ALLOW_MULTI and which takes no flags: "Single" passes none.
             .attach(&cgroup, kind, CgroupAttachMode::Single)
-            .map_err(|e| dns_attach_error(&opts.cgroup_root, e))?;
+            .map_err(|e| dns_attach_error(&opts.cgroup_root, &e))?;
     }
     Ok(DnsCapture {
         responses: take(ebpf, names::DNS_RESPONSES)?,
@@ -67,9 +67,9 @@ pub fn attach(ebpf: &mut Ebpf, opts: &DnsCaptureOptions) -> Result<DnsCapture, C
     })
 }
 
-fn dns_attach_error(root: &Path, error: aya::programs::ProgramError) -> CaptureError {
+fn dns_attach_error(root: &Path, error: &aya::programs::ProgramError) -> CaptureError {
     let mut reason = error.to_string();
-    let mut cause = std::error::Error::source(&error);
+    let mut cause = std::error::Error::source(error);
     while let Some(c) = cause {
         reason.push_str(": ");
         reason.push_str(&c.to_string());

@@ -50,11 +50,11 @@ impl<V> Default for FlowTable<V> {
 }
 
 fn bucket(hash: u64, position: usize) -> Bucket {
-    (hash & !(u32::MAX as u64)) | (position as u64 + 1)
+    (hash & !u64::from(u32::MAX)) | (position as u64 + 1)
 }
 
 fn position(b: Bucket) -> usize {
-    (b & u32::MAX as u64) as usize - 1
+    (b & u64::from(u32::MAX)) as usize - 1
 }
 
 fn is_entry(b: Bucket) -> bool {

@@ -91,8 +91,7 @@ pub enum CaptureError {
 /// The running kernel's release (`uname -r`), for messages.
 pub fn kernel_release() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|r| r.trim().to_owned())
-        .unwrap_or_else(|_| "unknown release".into())
+        .map_or_else(|_| "unknown release".into(), |r| r.trim().to_owned())
 }
 
 /// How many of the verifier's last lines a refusal quotes: the verdict and the statistics
@@ -113,8 +112,8 @@ pub fn verifier_tail(log: &str) -> String {
 /// What a failed `load()` or `attach()` of `program` means: a refusal when the verifier said
 /// why, else the error and its causes. Never a guess at a missing feature: those are detected
 /// before loading ([`check_kernel_features`]).
-pub fn program_error(program: &'static str, error: aya::programs::ProgramError) -> CaptureError {
-    if let aya::programs::ProgramError::LoadError { verifier_log, .. } = &error {
+pub fn program_error(program: &'static str, error: &aya::programs::ProgramError) -> CaptureError {
+    if let aya::programs::ProgramError::LoadError { verifier_log, .. } = error {
         let verifier = verifier_tail(&verifier_log.to_string());
         if !verifier.is_empty() {
             return CaptureError::Refused {
@@ -125,7 +124,7 @@ pub fn program_error(program: &'static str, error: aya::programs::ProgramError) 
         }
     }
     let mut reason = error.to_string();
-    let mut cause = std::error::Error::source(&error);
+    let mut cause = std::error::Error::source(error);
     while let Some(c) = cause {
         reason.push_str(": ");
         reason.push_str(&c.to_string());
@@ -349,10 +348,11 @@ fn raise_memlock_limit(btf: &Btf) -> Result<(), CaptureError> {
         rlim_max: libc::RLIM_INFINITY,
     };
     // SAFETY: setrlimit reads the struct it is given and changes only this process's limit.
-    let raised = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0;
-    // `struct bpf_map` gained its `memcg` member when maps moved to memory-cgroup accounting.
-    let charged_to_memcg = btf.offset_of("bpf_map", &["memcg"]).is_ok();
-    if raised || charged_to_memcg {
+    let raised = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) } == 0;
+    // The function that charged a map to the limit, gone since 5.11 (a kernel's BTF lists its
+    // functions, so its absence is detected, not guessed from a version number).
+    let charged_to_memlock = btf.func_id("bpf_map_charge_init").is_some();
+    if raised || !charged_to_memlock {
         return Ok(());
     }
     let mut current = libc::rlimit {
@@ -360,7 +360,7 @@ fn raise_memlock_limit(btf: &Btf) -> Result<(), CaptureError> {
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes only the struct it is given.
-    unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut current) };
+    unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &raw mut current) };
     if current.rlim_cur == libc::RLIM_INFINITY {
         return Ok(());
     }
@@ -476,13 +476,13 @@ pub fn load_and_attach(sizes: MapSizes) -> Result<Ebpf, CaptureError> {
         .program_mut(names::PROGRAM)
         .ok_or(CaptureError::Missing("program inet_sock_set_state"))?
         .try_into()
-        .map_err(|e| program_error(names::PROGRAM, e))?;
+        .map_err(|e| program_error(names::PROGRAM, &e))?;
     program
         .load()
-        .map_err(|e| program_error(names::PROGRAM, e))?;
+        .map_err(|e| program_error(names::PROGRAM, &e))?;
     program
         .attach(names::TRACEPOINT)
-        .map_err(|e| program_error(names::PROGRAM, e))?;
+        .map_err(|e| program_error(names::PROGRAM, &e))?;
     Ok(ebpf)
 }
 

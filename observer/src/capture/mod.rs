@@ -248,8 +248,14 @@ fn take_entry(
     match lookup_and_delete(fd, key) {
         Ok(value) => value,
         // Hash maps take BPF_MAP_LOOKUP_AND_DELETE_ELEM since Linux 5.14; before that, a read
-        // then a delete, with the window between them open.
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+        // then a delete, with the window between them open. Older kernels refuse the command
+        // for hash maps with the kernel-internal ENOTSUPP (5.10 does), or EINVAL.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EINVAL | ENOTSUPP | libc::EOPNOTSUPP)
+            ) =>
+        {
             let value = map.get(key, 0).ok();
             let _ = map.remove(key);
             value
@@ -260,6 +266,10 @@ fn take_entry(
         }
     }
 }
+
+/// The kernel's own "operation not supported" (`include/linux/errno.h`), which bpf(2) passes to
+/// user space as is: no libc names it.
+const ENOTSUPP: i32 = 524;
 
 /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` on a flow map, which aya offers only for queues and stacks.
 /// `Ok(None)`: no such entry.
@@ -278,8 +288,8 @@ fn lookup_and_delete(map_fd: i32, key: &FlowKey) -> std::io::Result<Option<FlowC
     let attr = ElemAttr {
         map_fd: map_fd as u32,
         _pad: 0,
-        key: key as *const FlowKey as u64,
-        value: &mut value as *mut FlowCounters as u64,
+        key: std::ptr::from_ref::<FlowKey>(key) as u64,
+        value: &raw mut value as u64,
         flags: 0,
     };
     // SAFETY: `attr` points at a key and a value of the map's own key and value types (the
@@ -289,7 +299,7 @@ fn lookup_and_delete(map_fd: i32, key: &FlowKey) -> std::io::Result<Option<FlowC
         libc::syscall(
             libc::SYS_bpf,
             BPF_MAP_LOOKUP_AND_DELETE_ELEM,
-            &attr as *const ElemAttr,
+            &raw const attr,
             std::mem::size_of::<ElemAttr>(),
         )
     };

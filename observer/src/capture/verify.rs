@@ -105,46 +105,32 @@ pub fn verify(sizes: MapSizes) -> Result<Vec<Verdict>, CaptureError> {
     Ok(out)
 }
 
-/// The measured frame of program `name`'s entry, then of each function it reaches.
+/// The measured frame of program `name`'s entry, then of each function it reaches, those
+/// sorted by depth.
 fn measured_depths(object: &bpf_stack::Object, name: &str) -> Vec<u32> {
-    let Some(entry) = object
-        .functions
-        .iter()
-        .position(|f| f.entry && f.name == name)
-    else {
+    let Some(entry) = object.functions.iter().find(|f| f.entry && f.name == name) else {
         return Vec::new();
     };
-    let mut reached = vec![entry];
-    let mut next = 0;
-    while next < reached.len() {
-        for &callee in &object.functions[reached[next]].calls {
-            if !reached.contains(&callee) {
-                reached.push(callee);
-            }
-        }
-        next += 1;
-    }
-    let mut depths: Vec<u32> = reached[1..]
+    let mut depths: Vec<u32> = object
+        .reachable(name)
         .iter()
         .map(|&i| object.functions[i].depth)
         .collect();
     depths.sort_unstable();
-    std::iter::once(object.functions[entry].depth)
-        .chain(depths)
-        .collect()
+    std::iter::once(entry.depth).chain(depths).collect()
 }
 
 /// The fd of a map aya created, for the map types observer's object has.
 fn map_fd(map: &Map) -> Option<RawFd> {
-    let data = match map {
-        Map::Array(d)
-        | Map::HashMap(d)
-        | Map::LruHashMap(d)
-        | Map::PerCpuArray(d)
-        | Map::PerCpuHashMap(d)
-        | Map::PerfEventArray(d)
-        | Map::RingBuf(d) => d,
-        _ => return None,
+    let (Map::Array(data)
+    | Map::HashMap(data)
+    | Map::LruHashMap(data)
+    | Map::PerCpuArray(data)
+    | Map::PerCpuHashMap(data)
+    | Map::PerfEventArray(data)
+    | Map::RingBuf(data)) = map
+    else {
+        return None;
     };
     Some(data.fd().as_fd().as_raw_fd())
 }
@@ -183,7 +169,7 @@ fn load_with_stats(
         libc::syscall(
             libc::SYS_bpf,
             bpf_cmd::BPF_PROG_LOAD as libc::c_long,
-            &attr as *const bpf_attr,
+            &raw const attr,
             std::mem::size_of::<bpf_attr>(),
         )
     };

@@ -405,7 +405,7 @@ impl Index {
 
     /// [`workload_for_service`](Self::workload_for_service), computed once per snapshot.
     fn workload_for_service_memo(&self, svc: &ServiceInfo) -> Option<ServiceWorkload> {
-        let id = svc as *const ServiceInfo as usize;
+        let id = std::ptr::from_ref::<ServiceInfo>(svc) as usize;
         let mut memo = self
             .service_workloads
             .lock()
@@ -418,11 +418,7 @@ impl Index {
     /// Host-network pods on `node`: they share the node's addresses, so a flow from a node
     /// address can only be tied to one of them by other means (cgroup, process).
     pub fn host_network_pods(&self, node: &str) -> &[Arc<PodInfo>] {
-        self.pods
-            .host_network
-            .get(node)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        self.pods.host_network.get(node).map_or(&[], Vec::as_slice)
     }
 
     /// Everything known about one end of a flow. `port` is the server port for the destination
@@ -783,7 +779,7 @@ impl Builder {
             None => Vec::new(),
         };
         let mut ports = Vec::new();
-        for c in spec.map(|s| s.containers.as_slice()).unwrap_or(&[]) {
+        for c in spec.map_or(&[][..], |s| s.containers.as_slice()) {
             for p in c.ports.as_deref().unwrap_or(&[]) {
                 if let Some(port) = port_u16(p.container_port, &mut self.skipped) {
                     ports.push(NamedPort {

@@ -113,7 +113,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Objects> {
             .unwrap_or_default()
             .to_owned();
         if !is_list(&kind, doc.get("items").is_some()) {
-            add_item(path, &mut out, format!("{doc_loc}object"), doc)?;
+            add_item(path, &mut out, &format!("{doc_loc}object"), doc)?;
             continue;
         }
         // Taken, not cloned: the items are most of the document.
@@ -157,7 +157,7 @@ fn parse_json(path: &Path, text: &str, out: &mut Objects) -> Result<()> {
         .to_owned();
     if !is_list(&kind, top.contains_key("items")) {
         let doc = serde_json::from_str(text).map_err(syntax)?;
-        return add_item(path, out, "object".into(), doc);
+        return add_item(path, out, "object", doc);
     }
     let items: Vec<&RawValue> = match top.get("items").map(|raw| raw.get()) {
         None | Some("null") => Vec::new(),
@@ -210,7 +210,7 @@ fn add_list_items(
                 obj.entry("apiVersion").or_insert_with(|| api.clone());
             }
         }
-        add_item(path, out, format!("{doc_loc}item {i}"), item)?;
+        add_item(path, out, &format!("{doc_loc}item {i}"), item)?;
     }
     Ok(())
 }
@@ -237,10 +237,10 @@ fn yaml_documents(path: &Path, text: &str) -> Result<Vec<Value>> {
     Ok(docs)
 }
 
-fn add_item(path: &Path, out: &mut Objects, location: String, item: Value) -> Result<()> {
+fn add_item(path: &Path, out: &mut Objects, location: &str, item: Value) -> Result<()> {
     let err = |kind: &str, name: String, message: String| Error::Item {
         path: path.to_owned(),
-        location: location.clone(),
+        location: location.to_owned(),
         kind: kind.to_owned(),
         name,
         message,

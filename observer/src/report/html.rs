@@ -18,8 +18,8 @@ th{background:#f4f4f4}.verdict{padding:10px 14px;font-weight:bold;border-radius:
 .unseen td{color:#777}.no{color:#d62728;font-weight:bold}.figure{overflow-x:auto}\
 code{font-size:12px}";
 
-fn opt(s: &Option<String>) -> String {
-    s.as_deref().map_or_else(|| "—".to_owned(), esc)
+fn opt(s: Option<&str>) -> String {
+    s.map_or_else(|| "—".to_owned(), esc)
 }
 
 pub fn render(r: &Report) -> String {
@@ -55,14 +55,14 @@ fn write_page(r: &Report, o: &mut String) -> std::fmt::Result {
     writeln!(
         o,
         "<tr><th>window</th><td>{} to {}</td></tr>",
-        opt(&r.window.from),
-        opt(&r.window.to)
+        opt(r.window.from.as_deref()),
+        opt(r.window.to.as_deref())
     )?;
     match r.source.kind {
         "prometheus" => writeln!(
             o,
             "<tr><th>source</th><td>Prometheus {} (cluster-wide, workload granularity)</td></tr>",
-            opt(&r.source.url)
+            opt(r.source.url.as_deref())
         )?,
         _ => writeln!(
             o,
@@ -185,8 +185,8 @@ fn write_page(r: &Report, o: &mut String) -> std::fmt::Result {
                 f.reason,
                 f.connections,
                 esc(&outcomes_text(f.outcomes.as_ref())),
-                opt(&f.first_seen),
-                opt(&f.last_seen),
+                opt(f.first_seen.as_deref()),
+                opt(f.last_seen.as_deref()),
                 esc(&f.processes.join(", ")),
                 esc(&f.nodes.join(", "))
             )?;
@@ -239,9 +239,9 @@ fn write_page(r: &Report, o: &mut String) -> std::fmt::Result {
                 "<span class=\"no\">no</span>".to_owned()
             },
             f.connections,
-            opt(&f.first_seen),
-            opt(&f.last_seen),
-            opt(&f.description)
+            opt(f.first_seen.as_deref()),
+            opt(f.last_seen.as_deref()),
+            opt(f.description.as_deref())
         )?;
     }
     writeln!(o, "</table>")?;

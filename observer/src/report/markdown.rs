@@ -11,8 +11,8 @@ fn cell(s: &str) -> String {
         .replace(['\n', '\r'], " ")
 }
 
-fn opt(s: &Option<String>) -> String {
-    s.as_deref().map_or_else(|| "—".to_owned(), cell)
+fn opt(s: Option<&str>) -> String {
+    s.map_or_else(|| "—".to_owned(), cell)
 }
 
 /// A Mermaid label in double quotes.
@@ -34,14 +34,14 @@ fn write_report(r: &Report, o: &mut String) -> std::fmt::Result {
     writeln!(
         o,
         "| window | {} to {} |",
-        opt(&r.window.from),
-        opt(&r.window.to)
+        opt(r.window.from.as_deref()),
+        opt(r.window.to.as_deref())
     )?;
     match r.source.kind {
         "prometheus" => writeln!(
             o,
             "| source | Prometheus {} (cluster-wide, workload granularity) |",
-            opt(&r.source.url)
+            opt(r.source.url.as_deref())
         )?,
         _ => writeln!(
             o,
@@ -151,8 +151,8 @@ fn write_report(r: &Report, o: &mut String) -> std::fmt::Result {
                 f.reason,
                 f.connections,
                 outcomes_text(f.outcomes.as_ref()),
-                opt(&f.first_seen),
-                opt(&f.last_seen),
+                opt(f.first_seen.as_deref()),
+                opt(f.last_seen.as_deref()),
                 cell(&f.processes.join(", ")),
                 cell(&f.nodes.join(", "))
             )?;
@@ -199,9 +199,9 @@ fn write_report(r: &Report, o: &mut String) -> std::fmt::Result {
             ports.join(", "),
             if f.seen { "yes" } else { "**no**" },
             f.connections,
-            opt(&f.first_seen),
-            opt(&f.last_seen),
-            opt(&f.description)
+            opt(f.first_seen.as_deref()),
+            opt(f.last_seen.as_deref()),
+            opt(f.description.as_deref())
         )?;
     }
     writeln!(

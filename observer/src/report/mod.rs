@@ -448,7 +448,7 @@ fn parse_line(buf: &[u8]) -> Result<Option<FlowRecord>, String> {
         return Ok(None);
     }
     let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-    match v.get("schema").and_then(|s| s.as_u64()) {
+    match v.get("schema").and_then(serde_json::Value::as_u64) {
         Some(s) if s == u64::from(SCHEMA_VERSION) => {}
         Some(s) => {
             return Err(format!(

@@ -151,16 +151,13 @@ pub fn fetch(
     let window = until.duration_since(since).unwrap_or_default() + LOOKBACK;
     let promql = format!("{METRIC}[{}s]", window.as_secs().max(1));
     let data = query(base, &promql, until)?;
-    let result = match (
+    let (Some("matrix"), Some(Value::Array(result))) = (
         data.get("resultType").and_then(Value::as_str),
         data.get("result"),
-    ) {
-        (Some("matrix"), Some(Value::Array(r))) => r,
-        _ => {
-            return Err(InputError(format!(
-                "Prometheus at {base} answered {promql:?} with an unexpected result (not a range vector)"
-            )));
-        }
+    ) else {
+        return Err(InputError(format!(
+            "Prometheus at {base} answered {promql:?} with an unexpected result (not a range vector)"
+        )));
     };
     let (s, u) = (secs(since), secs(until));
     // Flow labels → (connections, first rise, last rise)

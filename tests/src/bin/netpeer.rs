@@ -29,7 +29,7 @@ fn outcome_of(e: &std::io::Error) -> String {
     match e.raw_os_error() {
         Some(111) => "refused".into(),
         Some(110) => "timed-out".into(),
-        Some(113) | Some(101) => "unreachable".into(),
+        Some(113 | 101) => "unreachable".into(),
         _ => format!("error:{e}"),
     }
 }
@@ -119,7 +119,7 @@ fn main() {
             let n: u64 = arg(3).parse().expect("N");
             let addrs: Vec<SocketAddr> =
                 std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), port))
-                    .map(|a| a.collect())
+                    .map(Iterator::collect)
                     .unwrap_or_default();
             let mut outcomes: BTreeMap<String, serde_json::Value> = BTreeMap::new();
             // The first IPv4 address, else the first IPv6 one.

@@ -60,9 +60,7 @@ pub struct BenchArgs {
 const NODE_PODS: usize = 110;
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| super::root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| super::root().join("target"), PathBuf::from)
 }
 
 fn machine() -> Value {
@@ -77,7 +75,7 @@ fn machine() -> Value {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     json!({
         "kernel": sh("uname", &["-r"]).unwrap_or_default().trim(),
-        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "nproc": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         "cpu": cpu,
         "loadavg_start": load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         "bpf_stats_enabled": sh("sysctl", &["-n", "kernel.bpf_stats_enabled"]).unwrap_or_default().trim(),

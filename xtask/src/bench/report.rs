@@ -30,6 +30,7 @@ fn f(v: &Value) -> f64 {
 }
 
 fn row(target: &str, value: String, met: Option<bool>) -> Value {
+    let value = Value::String(value);
     json!({"target": target, "value": value, "met": met})
 }
 

@@ -580,7 +580,7 @@ pub fn exactness(ctx: &Ctx) -> Result<Value> {
 /// Parses the flow log's `2026-11-25T16:35:11.545Z` (UTC).
 fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let (date, time) = s.trim_end_matches('Z').split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let mut d = date.split('-').map(str::parse::<i64>);
     let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
     let mut t = time.split(':');
     let (hh, mm) = (
@@ -619,8 +619,8 @@ pub fn latency(ctx: &Ctx) -> Result<Value> {
                     let Ok(r) = serde_json::from_str::<Value>(line) else {
                         continue;
                     };
-                    if r["netns"].as_u64() == Some(client as u64)
-                        && r["dst"]["port"].as_u64() == Some(port as u64)
+                    if r["netns"].as_u64() == Some(u64::from(client))
+                        && r["dst"]["port"].as_u64() == Some(u64::from(port))
                     {
                         first_seen = r["first_seen"].as_str().and_then(parse_rfc3339);
                         log_at = Some(now);

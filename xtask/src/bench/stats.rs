@@ -34,7 +34,7 @@ pub fn bootstrap_ci95_median(xs: &[f64]) -> (f64, f64) {
     let mut medians = Vec::with_capacity(10_000);
     let mut sample = vec![0.0; xs.len()];
     for _ in 0..10_000 {
-        for s in sample.iter_mut() {
+        for s in &mut sample {
             *s = xs[(next() % xs.len() as u64) as usize];
         }
         medians.push(median(&sample));

@@ -95,7 +95,7 @@ pub struct Cluster {
 
 fn short(name: &str) -> String {
     name.chars()
-        .filter(|c| c.is_ascii_alphanumeric())
+        .filter(char::is_ascii_alphanumeric)
         .take(8)
         .collect()
 }
@@ -196,7 +196,7 @@ impl Cluster {
                     }
                 }
             }
-            ports.sort();
+            ports.sort_unstable();
             ports.dedup();
             if ports.is_empty() {
                 continue;

@@ -82,8 +82,8 @@ fn line(r: &FlowRecord) -> String {
         Some(Verdict::Unexpected) => format!(
             "  UNEXPECTED  {flow:<64} x{:<4} {} [{}]",
             r.count,
-            r.reason.map(|x| x.name()).unwrap_or(""),
-            r.dst.scope.map(|s| s.name()).unwrap_or("")
+            r.reason.map_or("", observer_common::record::Reason::name),
+            r.dst.scope.map_or("", observer_common::record::Scope::name)
         ),
         None => format!("  ?           {flow:<64} x{}", r.count),
     }
@@ -177,7 +177,7 @@ impl Drop for AgentProcess {
     }
 }
 
-pub fn run(root: &Path, opts: &DemoOptions, interrupted: Arc<AtomicBool>) -> Result<bool> {
+pub fn run(root: &Path, opts: &DemoOptions, interrupted: &AtomicBool) -> Result<bool> {
     let target = root.join("target/debug");
     let model_path = root.join("deploy/architecture/trackunit.yaml");
     let model = model::load(&model_path)?;
@@ -605,7 +605,7 @@ fn summarize(records: &[&FlowRecord], expects: &[Expect], out_dir: &Path) -> Res
                 }
                 Err(reason) => {
                     r.verdict == Some(Verdict::Unexpected)
-                        && r.reason.map(|x| x.name()) == Some(*reason)
+                        && r.reason.map(observer_common::record::Reason::name) == Some(*reason)
                 }
             });
         let entry = json!({"flow": e.what, "from": e.from, "to": e.to, "port": e.port, "connections": total,
@@ -669,7 +669,7 @@ fn summarize(records: &[&FlowRecord], expects: &[Expect], out_dir: &Path) -> Res
     } else {
         println!("MISMATCHES ({}):", mismatches.len());
         for m in &mismatches {
-            println!("  {}", m);
+            println!("  {m}");
         }
     }
     let summary =

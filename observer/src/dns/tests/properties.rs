@@ -22,7 +22,7 @@ fn check_answers(answers: &Answers) {
     }
     for (i, address) in answers.addresses.iter().enumerate() {
         assert!(address.hops < answers.names.len());
-        assert!(address.ttl <= i32::MAX as u32);
+        assert!(i32::try_from(address.ttl).is_ok());
         assert!(
             !answers.addresses[..i]
                 .iter()

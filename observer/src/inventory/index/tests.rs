@@ -54,7 +54,8 @@ fn deployment_pod(ns: &str, deploy: &str, suffix: &str, uid: &str, ips: &[&str])
 }
 
 fn service(ns: &str, name: &str, ips: &[&str], ports: Value, selector: Option<Value>) -> Service {
-    let mut spec = json!({"clusterIP": ips[0], "clusterIPs": ips, "ports": ports});
+    let mut spec = json!({"clusterIP": ips[0], "clusterIPs": ips});
+    spec["ports"] = ports;
     if let Some(sel) = selector {
         spec["selector"] = sel;
     }
@@ -65,13 +66,13 @@ fn service(ns: &str, name: &str, ips: &[&str], ports: Value, selector: Option<Va
 }
 
 fn slice(ns: &str, name: &str, svc: &str, addrs: &[&str], ports: Value) -> EndpointSlice {
-    serde_json::from_value(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+    let mut v = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"namespace": ns, "name": name, "uid": format!("slice-{name}"), "resourceVersion": "1",
             "labels": {"kubernetes.io/service-name": svc}},
         "addressType": "IPv4",
-        "endpoints": addrs.iter().map(|a| json!({"addresses": [a], "conditions": {"ready": true}})).collect::<Vec<_>>(),
-        "ports": ports}))
-    .expect("test slice")
+        "endpoints": addrs.iter().map(|a| json!({"addresses": [a], "conditions": {"ready": true}})).collect::<Vec<_>>()});
+    v["ports"] = ports;
+    serde_json::from_value(v).expect("test slice")
 }
 
 fn synced<K>(objs: Vec<K>) -> Vec<Event<K>> {
@@ -345,7 +346,7 @@ fn cluster_ip_and_backend_pod_ip_name_the_same_service_and_workload() {
         .service(&ServiceKey::new("shop", "web"))
         .expect("service");
     let mut behind: Vec<&str> = idx.pods_for_service(svc).map(|p| p.name.as_str()).collect();
-    behind.sort();
+    behind.sort_unstable();
     assert_eq!(behind, vec!["web-7d9c5b8f4-a", "web-7d9c5b8f4-b"]);
 
     let mut ep = Endpoint::default();
