@@ -8,17 +8,13 @@
 #     linux-perf (`perf record -a`: the bench's CPU profile of the storm, which the smoke test runs),
 #     bpftrace and libbpf-tools (the peers the bench measures against, in the smoke test too:
 #     a bpftrace script and libbpf-tools' CO-RE `tcplife`).
-<<<<<<< HEAD
 #   - the kernel matrix (`cargo xtask matrix`, the last step of `cargo xtask test`):
 #     qemu-system-x86 (guests on Debian's kernels), busybox-static (their initramfs), kmod
 #     (depmod: the kernel packages ship no modules.dep), xz-utils and zstd (modules are
 #     decompressed for busybox's insmod). The kernels themselves are downloaded by the matrix
 #     through an apt state of its own (target/kernel-matrix/apt), not installed.
-#   - the kernel crate's nightly as toolchain.env pins it, with rust-src (-Z build-std=core).
-=======
 #   - the kernel crate's nightly as toolchain.env pins it, with rust-src (-Z build-std=core) and
 #     clippy (`cargo xtask test` lints the kernel crate for its own target with that nightly).
->>>>>>> main
 #   - bpf-linker as toolchain.env pins it, from crates.io, built against Debian's LLVM 22.
 #   - cargo-fuzz 0.13 from crates.io (the test command fuzzes the DNS answer path for 30 s).
 set -euo pipefail
