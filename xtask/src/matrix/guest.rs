@@ -130,17 +130,28 @@ pub fn boot(
     .stdout(log.try_clone()?)
     .stderr(log);
     let start = Instant::now();
-    let mut child = qemu.spawn().context("starting qemu-system-x86_64")?;
+    let mut qemu = Qemu(qemu.spawn().context("starting qemu-system-x86_64")?);
     loop {
-        if child.try_wait()?.is_some() {
+        if qemu.0.try_wait()?.is_some() {
             return Ok((false, start.elapsed()));
         }
         if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
             return Ok((true, start.elapsed()));
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A running qemu, killed when dropped: at the timeout, and on any error or panic of the
+/// harness, so that no guest outlives the command.
+struct Qemu(std::process::Child);
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
     }
 }
 
