@@ -56,15 +56,17 @@ impl NameServer {
             ),
         ]);
         cmd.args(records);
+        let process = Background(cmd.spawn().expect("spawn dnsmasq"));
+        let pid = process.0.id();
         let server = NameServer {
-            _process: Background(cmd.spawn().expect("spawn dnsmasq")),
+            _process: process,
             log,
         };
         // Ready once it listens on TCP 53 (it binds UDP first), as the namespace's own socket
         // table says (`/proc/PID/net/tcp` of the process, which is in it): a connect from this
         // process, in the machine's namespace, would follow its default route off the machine.
         let deadline = Instant::now() + Duration::from_secs(10);
-        let table = format!("/proc/{}/net/tcp", server._process.0.id());
+        let table = format!("/proc/{pid}/net/tcp");
         let listening = || {
             fs::read_to_string(&table)
                 .unwrap_or_default()

@@ -55,10 +55,13 @@ impl MatrixArgs {
 }
 
 fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|p| if p.is_absolute() { p } else { root.join(p) })
-        .unwrap_or_else(|| root.join("target"))
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || root.join("target"),
+        |p| {
+            let p = PathBuf::from(p);
+            if p.is_absolute() { p } else { root.join(p) }
+        },
+    )
 }
 
 /// Runs a command that must succeed, keeping its output unless it fails.
@@ -136,9 +139,18 @@ pub fn run(root: &Path, args: &MatrixArgs) -> Result<()> {
     apt.update(Duration::from_secs(6 * 3600))?;
     let started = Instant::now();
     let mut outcomes = Vec::new();
+    let ctx = Ctx {
+        apt: &apt,
+        base: &base,
+        busybox: &busybox,
+        root,
+        observer_bin: &observer_bin,
+        exes: &exes,
+        args,
+    };
     for s in &series {
         let t = Instant::now();
-        let outcome = match one(&apt, s, &base, &busybox, root, &observer_bin, &exes, args) {
+        let outcome = match one(&ctx, s) {
             Ok(o) => o,
             Err(e) => Outcome {
                 series: s.name,
@@ -201,18 +213,29 @@ pub fn run(root: &Path, args: &MatrixArgs) -> Result<()> {
     bail!(msg)
 }
 
+/// What every guest of a run shares.
+struct Ctx<'a> {
+    apt: &'a Apt,
+    /// target/kernel-matrix
+    base: &'a Path,
+    busybox: &'a Path,
+    root: &'a Path,
+    observer_bin: &'a Path,
+    exes: &'a std::collections::BTreeMap<String, PathBuf>,
+    args: &'a MatrixArgs,
+}
+
 /// One kernel: fetch, initramfs, boot, results.
-#[allow(clippy::too_many_arguments)]
-fn one(
-    apt: &Apt,
-    series: &Series,
-    base: &Path,
-    busybox: &Path,
-    root: &Path,
-    observer_bin: &Path,
-    exes: &std::collections::BTreeMap<String, PathBuf>,
-    args: &MatrixArgs,
-) -> Result<Outcome> {
+fn one(ctx: &Ctx, series: &Series) -> Result<Outcome> {
+    let Ctx {
+        apt,
+        base,
+        busybox,
+        root,
+        observer_bin,
+        exes,
+        args,
+    } = *ctx;
     let start = Instant::now();
     let dir = base.join(series.name);
     std::fs::create_dir_all(&dir)?;
@@ -258,7 +281,7 @@ fn one(
     match guest_release.as_deref() {
         None => failures.push("the guest never ran its script".into()),
         Some(r) if r != kernel.release => {
-            failures.push(format!("the guest ran {r}, not {}", kernel.release))
+            failures.push(format!("the guest ran {r}, not {}", kernel.release));
         }
         Some(_) => {}
     }
@@ -314,7 +337,7 @@ mod tests {
     #[test]
     fn series_are_selected_by_name_in_matrix_order() {
         let names = |v: &[&str]| {
-            selected(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            selected(&v.iter().map(ToString::to_string).collect::<Vec<_>>())
                 .map(|s| s.iter().map(|s| s.name).collect::<Vec<_>>())
         };
         assert_eq!(names(&[]).unwrap(), ["5.10", "6.1", "6.12", "6.18", "7.3"]);
