@@ -5,7 +5,8 @@ use std::{collections::BTreeMap, net::IpAddr, process::Command, time::Duration};
 
 use observer_common::record::{Direction, FlowRecord, Outcomes, Scope};
 use observer_tests::{
-    Agent, Background, DELETE_AT_EVERY_SCAN, Host, Lab, netpeer, of_netns, peer, serve, sh,
+    Agent, Background, DELETE_AT_EVERY_SCAN, Host, Lab, netpeer, of_netns, peer, serve, serve_idle,
+    sh,
 };
 use serde_json::json;
 
@@ -266,7 +267,10 @@ fn loopback_inside_one_namespace_is_local() {
 fn a_connection_open_before_start_is_recorded_once_as_pre_existing() {
     let lab = Lab::new(2);
     let (client, server) = (&lab.hosts[0], &lab.hosts[1]);
-    let _srv = serve(server, "0.0.0.0:8081");
+    // The server keeps the idle connection for the whole test: the agent may take more than
+    // `serve`'s 2 s to start (seconds on an emulated kernel in the kernel matrix), and a
+    // connection the server closed is no longer established when the agent looks.
+    let _srv = serve_idle(server, "0.0.0.0:8081", Duration::from_secs(120));
     let mut hold = client.cmd(netpeer());
     hold.args(["hold", &format!("{}:8081", server.ip4)])
         .stdout(std::process::Stdio::piped());
