@@ -534,16 +534,23 @@ fn a_memlock_limit_matters_only_where_the_kernel_charges_maps_to_it() {
 }
 
 /// An idle flow leaves the kernel map only after its report, and a connection after that
-/// starts it again: every connection counted once. Connections come in two bursts with the
-/// deletions between them, so this checks the delete path itself (lookup-and-delete, or the
-/// read-then-delete fallback before Linux 5.14) on any kernel, virtual machines included,
-/// without provoking the race of the storm test below.
+/// starts it again: every connection counted once. Connections come in two bursts, each far
+/// shorter than the idle timeout, with the deletions between them, so this checks the delete
+/// path itself (lookup-and-delete, or the read-then-delete fallback before Linux 5.14) on any
+/// kernel, virtual machines included, without provoking the race of the storm test below.
 #[test]
 fn an_idle_flow_is_deleted_after_its_report_and_counted_again_when_it_returns() {
     let lab = Lab::new(2);
     let (client, server) = (&lab.hosts[0], &lab.hosts[1]);
     let mut args = CLUSTER.to_vec();
-    args.extend(DELETE_AT_EVERY_SCAN);
+    args.extend([
+        "--idle-timeout",
+        "3s",
+        "--flush-interval",
+        "100ms",
+        "--poll-interval",
+        "50ms",
+    ]);
     let agent = Agent::start(&args);
     let _srv = serve(server, "0.0.0.0:8086");
     let target = format!("{}:8086", server.ip4);

@@ -7,12 +7,20 @@ use std::{collections::BTreeMap, path::PathBuf, process::Command};
 use anyhow::{Context, Result, bail};
 
 /// The tests each kernel runs, by test executable (the file in tests/tests/). Together: every
-/// program loads and attaches (each test's agent waits for `/readyz` to say it is capturing, DNS
-/// programs included); v4, v6 and v4-mapped connects and accepts; every outcome of an active
-/// open; exact counts on 10,000 connections; a connection open before start; a DNS answer naming
-/// an external destination (over IPv6); deleting idle flows during a storm (on 5.10, whose hash
-/// maps have no lookup-and-delete, through the agent's fallback).
+/// program loads, and the verifier's own stack depths stay within the build's measure
+/// (`kernel`); every program attaches (each test's agent waits for `/readyz` to say it is
+/// capturing, DNS programs included); v4, v6 and v4-mapped connects and accepts; every outcome
+/// of an active open; exact counts on 10,000 connections; a connection open before start; a DNS
+/// answer naming an external destination (over IPv6); idle flows deleted after their report and
+/// counted again (on 5.10, whose hash maps have no lookup-and-delete, through the agent's
+/// fallback); the locked-memory limit, which only kernels before 5.11 charge maps to. The storm
+/// test that provokes the race between a delete and a count stays on the host: under software
+/// emulation a descheduled virtual CPU widens its window, whatever the kernel.
 pub const SELECTION: &[(&str, &[&str])] = &[
+    (
+        "kernel",
+        &["every_program_loads_and_the_builds_stack_measure_bounds_the_verifiers"],
+    ),
     (
         "capture",
         &[
@@ -20,7 +28,8 @@ pub const SELECTION: &[(&str, &[&str])] = &[
             "each_outcome_of_an_active_open",
             "a_connection_open_before_start_is_recorded_once_as_pre_existing",
             "ten_thousand_connections_are_counted_exactly",
-            "deleting_idle_flows_during_a_storm_loses_no_count",
+            "an_idle_flow_is_deleted_after_its_report_and_counted_again_when_it_returns",
+            "a_memlock_limit_matters_only_where_the_kernel_charges_maps_to_it",
         ],
     ),
     ("dns", &["an_answer_received_over_ipv6_names_the_ipv6_flow"]),
