@@ -68,16 +68,9 @@ pub fn attach(ebpf: &mut Ebpf, opts: &DnsCaptureOptions) -> Result<DnsCapture, C
 }
 
 fn dns_attach_error(root: &Path, error: &aya::programs::ProgramError) -> CaptureError {
-    let mut reason = error.to_string();
-    let mut cause = std::error::Error::source(error);
-    while let Some(c) = cause {
-        reason.push_str(": ");
-        reason.push_str(&c.to_string());
-        cause = c.source();
-    }
     CaptureError::DnsAttach {
         path: root.to_path_buf(),
-        reason,
+        reason: loader::with_causes(error),
     }
 }
 

@@ -123,14 +123,22 @@ pub fn program_error(program: &'static str, error: &aya::programs::ProgramError)
             };
         }
     }
-    let mut reason = error.to_string();
-    let mut cause = std::error::Error::source(error);
+    CaptureError::Attach {
+        program,
+        reason: with_causes(error),
+    }
+}
+
+/// An error and its causes on one line (aya's message alone omits the errno).
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
     while let Some(c) = cause {
-        reason.push_str(": ");
-        reason.push_str(&c.to_string());
+        line.push_str(": ");
+        line.push_str(&c.to_string());
         cause = c.source();
     }
-    CaptureError::Attach { program, reason }
+    line
 }
 
 /// Detects the kernel features the flow program needs, so that a missing one is named as
