@@ -37,6 +37,10 @@ pub struct MatrixArgs {
     /// (A guest takes 75-130 s here; five must fit in the 10 minutes CI gives the matrix.)
     #[arg(long, default_value_t = GUEST_TIMEOUT_SECONDS)]
     pub timeout_seconds: u64,
+    /// Run only this test of the matrix's selection (repeatable; by name, e.g.
+    /// deleting_idle_flows_during_a_storm_loses_no_count): to look into one failure.
+    #[arg(long = "test", value_name = "NAME")]
+    pub tests: Vec<String>,
     /// Instead of the tests, run this shell command in each guest (in the chroot of the host's
     /// root, as the tests run): to look into a kernel. Its output is in the console log.
     #[arg(long)]
@@ -48,6 +52,7 @@ impl MatrixArgs {
     pub fn all() -> MatrixArgs {
         MatrixArgs {
             kernels: Vec::new(),
+            tests: Vec::new(),
             timeout_seconds: GUEST_TIMEOUT_SECONDS,
             command: None,
         }
@@ -146,6 +151,7 @@ pub fn run(root: &Path, args: &MatrixArgs) -> Result<()> {
         root,
         observer_bin: &observer_bin,
         exes: &exes,
+        tests: suite::selected(&args.tests)?,
         args,
     };
     for s in &series {
@@ -222,6 +228,8 @@ struct Ctx<'a> {
     root: &'a Path,
     observer_bin: &'a Path,
     exes: &'a std::collections::BTreeMap<String, PathBuf>,
+    /// (executable, test) to run in each guest.
+    tests: Vec<(&'static str, &'static str)>,
     args: &'a MatrixArgs,
 }
 
@@ -235,6 +243,7 @@ fn one(ctx: &Ctx, series: &Series) -> Result<Outcome> {
         observer_bin,
         exes,
         args,
+        ..
     } = *ctx;
     let start = Instant::now();
     let dir = base.join(series.name);
@@ -249,9 +258,9 @@ fn one(ctx: &Ctx, series: &Series) -> Result<Outcome> {
     let payload = match &args.command {
         Some(cmd) => guest::Payload::Command(cmd),
         None => guest::Payload::Tests(
-            suite::SELECTION
+            ctx.tests
                 .iter()
-                .flat_map(|(name, tests)| tests.iter().map(|t| (*name, exes[*name].clone(), *t)))
+                .map(|(exe, test)| (*exe, exes[*exe].clone(), *test))
                 .collect(),
         ),
     };
@@ -293,20 +302,18 @@ fn one(ctx: &Ctx, series: &Series) -> Result<Outcome> {
             None => failures.push("the command did not finish".into()),
         },
         None => {
-            for (exe, tests) in suite::SELECTION {
-                for test in *tests {
-                    let run = guest::collect(&results, &guest::stem(exe, test));
-                    let ok = run.report.passed.iter().any(|t| t == test) && run.rc == Some(0);
-                    if ok {
-                        passed += 1;
-                    } else if run.report.failed.iter().any(|t| t == test) {
-                        failures.push(format!("{exe}::{test} failed"));
-                    } else {
-                        failures.push(format!("{exe}::{test} did not finish"));
-                    }
-                    if let Some(w) = run.wall {
-                        times.push(format!("{test} {:.0} s", w.as_secs_f64()));
-                    }
+            for (exe, test) in &ctx.tests {
+                let run = guest::collect(&results, &guest::stem(exe, test));
+                let ok = run.report.passed.iter().any(|t| t == test) && run.rc == Some(0);
+                if ok {
+                    passed += 1;
+                } else if run.report.failed.iter().any(|t| t == test) {
+                    failures.push(format!("{exe}::{test} failed"));
+                } else {
+                    failures.push(format!("{exe}::{test} did not finish"));
+                }
+                if let Some(w) = run.wall {
+                    times.push(format!("{test} {:.0} s", w.as_secs_f64()));
                 }
             }
         }

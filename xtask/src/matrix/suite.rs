@@ -35,6 +35,21 @@ pub const SELECTION: &[(&str, &[&str])] = &[
     ("dns", &["an_answer_received_over_ipv6_names_the_ipv6_flow"]),
 ];
 
+/// The selection as (executable, test), or only the tests named in `only` (each must be in it).
+pub fn selected(only: &[String]) -> Result<Vec<(&'static str, &'static str)>> {
+    let all: Vec<(&'static str, &'static str)> = SELECTION
+        .iter()
+        .flat_map(|(exe, tests)| tests.iter().map(move |t| (*exe, *t)))
+        .collect();
+    if let Some(unknown) = only.iter().find(|n| !all.iter().any(|(_, t)| t == n)) {
+        bail!("{unknown} is not one of the matrix's tests (xtask/src/matrix/suite.rs)");
+    }
+    Ok(all
+        .into_iter()
+        .filter(|(_, t)| only.is_empty() || only.iter().any(|n| n == t))
+        .collect())
+}
+
 /// The test executables of observer-tests by name ("capture" -> target/debug/deps/capture-…),
 /// from cargo's JSON messages (a build that is already done only reports them).
 pub fn executables(root: &std::path::Path) -> Result<BTreeMap<String, PathBuf>> {
@@ -158,6 +173,14 @@ test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 8 filtered out; 
         );
         assert_eq!(r.failed, ["ten_thousand_connections_are_counted_exactly"]);
         assert!(r.finished);
+    }
+
+    #[test]
+    fn the_selection_or_some_of_it() {
+        assert_eq!(selected(&[]).unwrap().len(), 6);
+        let one = selected(&["each_outcome_of_an_active_open".into()]).unwrap();
+        assert_eq!(one, [("capture", "each_outcome_of_an_active_open")]);
+        assert!(selected(&["no_such_test".into()]).is_err());
     }
 
     #[test]
