@@ -2,10 +2,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use observer::{
+    agent::{DnsOptions, InventorySource, RunError, RunOptions, run},
     architecture::{Architecture, ModelHandle},
     capture::{DnsCaptureOptions, MapSizes},
     cli::{Cli, Command, RunArgs},
-    run::{DnsOptions, InventorySource, RunError, RunOptions, run},
     scope::Scoper,
 };
 use tracing_subscriber::EnvFilter;

@@ -17,6 +17,9 @@ use observer_common::{
 };
 use tokio::{net::TcpListener, signal::unix::SignalKind, time::Instant};
 
+pub mod flowcache;
+
+use self::flowcache::{Emitted, Epoch, Fate, FlowCache, Fresh, ProcessRef, Slot};
 use crate::{
     architecture::{self, ModelHandle, ReloadStats},
     attribution::Attributor,
@@ -25,7 +28,6 @@ use crate::{
         tracker::Tracker,
     },
     dns::{DnsCounts, DnsNames},
-    flowcache::{Emitted, Epoch, Fate, FlowCache, Fresh, ProcessRef, Slot},
     flowlog::FlowLog,
     http::{self, Health},
     inventory::{self, IndexHandle, InventoryStatus, NodeAddresses},
