@@ -2,7 +2,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use observer::{
-    agent::{DnsOptions, InventorySource, RunError, RunOptions, run},
+    agent::{
+        options::{DnsOptions, InventorySource, RunError, RunOptions},
+        run,
+    },
     architecture::{Architecture, ModelHandle},
     capture::{DnsCaptureOptions, MapSizes},
     cli::{Cli, Command, RunArgs},

@@ -3,8 +3,6 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    net::SocketAddr,
-    path::PathBuf,
     sync::{Arc, Mutex, atomic::Ordering},
     time::{Duration, SystemTime},
 };
@@ -18,108 +16,28 @@ use observer_common::{
 use tokio::{net::TcpListener, signal::unix::SignalKind, time::Instant};
 
 pub mod flowcache;
+pub mod options;
 
-use self::flowcache::{Emitted, Epoch, Fate, FlowCache, Fresh, ProcessRef, Slot};
+use self::{
+    flowcache::{Emitted, Epoch, Fate, FlowCache, Fresh, ProcessRef, Slot},
+    options::{IngressMode, InventorySource, RunError, RunOptions},
+};
 use crate::{
     architecture::{self, ModelHandle, ReloadStats},
     attribution::Attributor,
-    capture::{
-        Capture, CaptureError, DnsCaptureOptions, MapSizes, ProgramStats, preexisting,
-        tracker::Tracker,
-    },
+    capture::{Capture, ProgramStats, preexisting, tracker::Tracker},
     dns::{DnsCounts, DnsNames},
     flowlog::FlowLog,
     http::{self, Health},
     inventory::{self, IndexHandle, InventoryStatus, NodeAddresses},
     judge,
     metrics::{
-        ConnectionLabels, DnsResultLabels, FlowSeries, LossLabels, Metrics, SeriesLimits,
-        connection_labels,
+        ConnectionLabels, DnsResultLabels, FlowSeries, LossLabels, Metrics, connection_labels,
     },
     names::HostNames,
     scope::Scoper,
-    traces::{TraceOptions, Traces},
+    traces::Traces,
 };
-
-/// Where the agent learns who is who.
-#[derive(Clone, Debug)]
-pub enum InventorySource {
-    /// No Kubernetes: addresses are classified by scope only.
-    None,
-    /// Objects from a file (`kubectl get pods,services,endpointslices -A -o yaml`).
-    File(PathBuf),
-    /// The Kubernetes API (in-cluster configuration, or this kubeconfig).
-    Api { kubeconfig: Option<PathBuf> },
-}
-
-/// Which accepted connections this agent reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum IngressMode {
-    /// Only those from outside the cluster: a connection from a pod or node is reported once,
-    /// as egress, by the agent on the source's node.
-    External,
-    /// Every accepted connection (one host, or debugging).
-    All,
-}
-
-/// DNS capture and what the agent keeps of the answers.
-#[derive(Clone, Debug)]
-pub struct DnsOptions {
-    pub capture: DnsCaptureOptions,
-    /// Most (pod, address, name) entries kept.
-    pub max_names: usize,
-    /// How long past its TTL an answer still names its address.
-    pub grace: Duration,
-}
-
-pub struct RunOptions {
-    /// DNS capture; `None` with `--no-dns`.
-    pub dns: Option<DnsOptions>,
-    /// The architecture file and the model in force; `None` leaves verdicts empty.
-    pub model: Option<(PathBuf, ModelHandle)>,
-    pub inventory: InventorySource,
-    pub hosts_file: Option<PathBuf>,
-    pub hold: Duration,
-    pub ingress: IngressMode,
-    pub flow_log: PathBuf,
-    pub flow_log_max_bytes: u64,
-    pub flush_interval: Duration,
-    pub poll_interval: Duration,
-    pub idle_timeout: Duration,
-    pub duration: Option<Duration>,
-    pub metrics_addr: SocketAddr,
-    pub node: String,
-    pub scoper: Scoper,
-    pub host_proc: PathBuf,
-    pub map_sizes: MapSizes,
-    pub series_limits: SeriesLimits,
-    pub traces: TraceOptions,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    Capture(#[from] CaptureError),
-    #[error("cannot open the flow log {path}: {source}")]
-    FlowLog {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot listen on {addr} for /metrics: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("cannot install a signal handler: {0}")]
-    Signal(std::io::Error),
-    #[error(transparent)]
-    Inventory(#[from] inventory::Error),
-    #[error("cannot read the hosts file {path}: {source}")]
-    HostsFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
 
 /// Converts the kernel's CLOCK_MONOTONIC nanoseconds to wall-clock time.
 struct Clock {
