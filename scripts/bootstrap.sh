@@ -8,6 +8,11 @@
 #     linux-perf (`perf record -a`: the bench's CPU profile of the storm, which the smoke test runs),
 #     bpftrace and libbpf-tools (the peers the bench measures against, in the smoke test too:
 #     a bpftrace script and libbpf-tools' CO-RE `tcplife`).
+#   - the kernel matrix (`cargo xtask matrix`, the last step of `cargo xtask test`):
+#     qemu-system-x86 (guests on Debian's kernels), busybox-static (their initramfs), kmod
+#     (depmod: the kernel packages ship no modules.dep), xz-utils and zstd (modules are
+#     decompressed for busybox's insmod). The kernels themselves are downloaded by the matrix
+#     through an apt state of its own (target/kernel-matrix/apt), not installed.
 #   - the kernel crate's nightly as toolchain.env pins it, with rust-src (-Z build-std=core) and
 #     clippy (`cargo xtask test` lints the kernel crate for its own target with that nightly).
 #   - bpf-linker as toolchain.env pins it, from crates.io, built against Debian's LLVM 22.
@@ -16,7 +21,7 @@ set -euo pipefail
 log() { echo "[bootstrap] $*" >&2; }
 
 PKGS=(llvm-22-dev libpolly-22-dev bpftool iptables prometheus chromium dnsmasq-base linux-perf
-      bpftrace libbpf-tools)
+      bpftrace libbpf-tools qemu-system-x86 busybox-static kmod xz-utils zstd)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

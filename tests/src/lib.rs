@@ -180,11 +180,17 @@ pub fn netpeer() -> PathBuf {
     p
 }
 
-/// Starts `netpeer serve` in `host` and waits until it listens.
+/// Starts `netpeer serve` in `host` and waits until it listens. It serves one connection at a
+/// time and closes one whose client sent nothing for 2 s.
 pub fn serve(host: &Host, addr: &str) -> Background {
+    serve_idle(host, addr, Duration::from_secs(2))
+}
+
+/// [`serve`], closing a connection whose client sent nothing for `idle` (rounded to seconds).
+pub fn serve_idle(host: &Host, addr: &str, idle: Duration) -> Background {
     let mut child = host
         .cmd(netpeer())
-        .args(["serve", addr])
+        .args(["serve", addr, &idle.as_secs().max(1).to_string()])
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn netpeer serve");

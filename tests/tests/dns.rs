@@ -56,20 +56,32 @@ impl NameServer {
             ),
         ]);
         cmd.args(records);
+        let process = Background(cmd.spawn().expect("spawn dnsmasq"));
+        let pid = process.0.id();
         let server = NameServer {
-            _process: Background(cmd.spawn().expect("spawn dnsmasq")),
+            _process: process,
             log,
         };
-        // Ready once it answers on TCP 53 (it binds UDP first).
+        // Ready once it listens on TCP 53 (it binds UDP first), as the namespace's own socket
+        // table says (`/proc/PID/net/tcp` of the process, which is in it): a connect from this
+        // process, in the machine's namespace, would follow its default route off the machine.
         let deadline = Instant::now() + Duration::from_secs(10);
-        let addr = format!("{}:53", host.ip4);
-        while std::net::TcpStream::connect_timeout(
-            &addr.parse().expect("addr"),
-            Duration::from_millis(200),
-        )
-        .is_err()
-        {
-            assert!(Instant::now() < deadline, "dnsmasq on {addr} did not start");
+        let table = format!("/proc/{pid}/net/tcp");
+        let listening = || {
+            fs::read_to_string(&table)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.get(1).is_some_and(|a| a.ends_with(":0035")) && f.get(3) == Some(&"0A")
+                })
+        };
+        while !listening() {
+            assert!(
+                Instant::now() < deadline,
+                "dnsmasq on {}:53 did not start",
+                host.ip4
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         server

@@ -1,5 +1,7 @@
 //! Project tasks. `cargo xtask test` is the test command CI runs (`cargo xtask lint` its first
-//! step); `cargo xtask demo` the demo; `cargo xtask bench` the benchmarks (BENCHMARKS.md).
+//! step); `cargo xtask demo` the demo; `cargo xtask bench` the benchmarks (BENCHMARKS.md);
+//! `cargo xtask matrix` the capture tests on Debian's kernels in qemu guests (also the last step
+//! of `cargo xtask test`).
 //! Each task first runs `scripts/bootstrap.sh`, which installs what a fresh machine lacks and
 //! says what it installs.
 
@@ -12,6 +14,7 @@ use anyhow::{Context, Result, bail};
 
 mod bench;
 mod demo;
+mod matrix;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -29,7 +32,8 @@ enum Task {
     /// Check formatting and clippy, for the host and for the kernel crate's BPF target (the
     /// first step of `test`).
     Lint,
-    /// Build everything and run every test: unit tests, then the privileged end-to-end tests.
+    /// Build everything and run every test: unit tests, the privileged end-to-end tests, then
+    /// the capture tests on Debian's kernels in qemu guests (the kernel matrix).
     Test {
         /// Extra arguments for the end-to-end test binary (e.g. a test name filter).
         filter: Vec<String>,
@@ -52,6 +56,9 @@ enum Task {
     /// Benchmarks: cost per connection against a baseline and the tools users would pick
     /// instead, kernel program run time, pipeline throughput, memory, exactness, latency.
     Bench(bench::BenchArgs),
+    /// The privileged capture tests in qemu guests on Debian's own kernels (5.10, 6.1, 6.12,
+    /// 6.18, 7.3), one after another; the kernels are downloaded once into target/kernel-matrix.
+    Matrix(matrix::MatrixArgs),
 }
 
 fn root() -> PathBuf {
@@ -189,7 +196,31 @@ fn test(filter: &[String]) -> Result<()> {
     e2e.args(["test", "-p", "observer-tests", "--", "--test-threads=1"])
         .args(filter)
         .env("OBSERVER_BIN", bin);
-    run(&mut e2e)
+    let host = run(&mut e2e);
+    if !filter.is_empty() {
+        return host;
+    }
+    // The capture tests again, on Debian's kernels (the host's kernel is one custom build);
+    // also after a failure on the host, which they may tell apart from a kernel's.
+    match (host, matrix::run(&root(), &matrix::MatrixArgs::all())) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        (Err(host), Err(kernels)) => bail!("{host:#}\n{kernels:#}"),
+    }
+}
+
+fn matrix(args: &matrix::MatrixArgs) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the kernel matrix shares this machine's root with its guests: run `cargo xtask matrix` as root"
+        );
+    }
+    bootstrap()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The agent with its kernel program and the tests' peer; the test executables are built by
+    // the matrix's own `cargo test --no-run`.
+    run(Command::new(&cargo).args(["build", "-p", "observer", "-p", "observer-tests", "--bins"]))?;
+    matrix::run(&root(), args)
 }
 
 fn demo(linger_seconds: u64, out: PathBuf, metrics_addr: String, no_build: bool) -> Result<()> {
@@ -243,5 +274,6 @@ fn main() -> Result<()> {
             no_build,
         } => demo(linger_seconds, out, metrics_addr, no_build),
         Task::Bench(args) => bench::bench(&args),
+        Task::Matrix(args) => matrix(&args),
     }
 }

@@ -190,12 +190,31 @@ fn load_with_stats(
     }
 }
 
-/// The verifier's "stack depth 224+24" line as numbers.
+/// Each function's stack depth from the verifier's statistics, the entry first: one line
+/// "stack depth 224+24" up to Linux 7.x, where it became "stack depth max 224" and a line per
+/// function ("subprog 1 (log_loss) static insns_self ... stack 24").
 fn stack_depth(log: &str) -> Vec<u32> {
-    log.lines()
-        .find_map(|l| l.trim().strip_prefix("stack depth "))
-        .map(|d| d.split('+').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_default()
+    let mut per_subprog: Vec<(u32, u32)> = Vec::new();
+    for line in log.lines().map(str::trim) {
+        if let Some(d) = line.strip_prefix("stack depth ")
+            && !d.starts_with("max")
+        {
+            return d.split('+').filter_map(|n| n.trim().parse().ok()).collect();
+        }
+        if let Some(rest) = line.strip_prefix("subprog ") {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            let index = words.first().and_then(|n| n.parse().ok());
+            let depth = words
+                .windows(2)
+                .find(|w| w[0] == "stack")
+                .and_then(|w| w[1].parse().ok());
+            if let (Some(i), Some(d)) = (index, depth) {
+                per_subprog.push((i, d));
+            }
+        }
+    }
+    per_subprog.sort_unstable();
+    per_subprog.into_iter().map(|(_, d)| d).collect()
 }
 
 /// The verifier's "processed 1054 insns (limit ...)".
@@ -215,6 +234,10 @@ mod tests {
         assert_eq!(stack_depth(log), vec![312, 344, 0, 24]);
         assert_eq!(insns_processed(log), Some(1054));
         assert_eq!(stack_depth("stack depth 8\n"), vec![8]);
+        // Linux 7.3's form, as it printed it for the DNS query program
+        let log = "stack depth max 160\nsubprog 0 (<unknown>) main insns_self 433 insns_total 1333 stack 160\nsubprog 1 (<unknown>) static insns_self 900 insns_total 900 stack 0\nprocessed 1333 insns (limit 1000000) max_states_per_insn 4 total_states 52 peak_states 50 mark_read 0\n";
+        assert_eq!(stack_depth(log), vec![160, 0]);
+        assert_eq!(insns_processed(log), Some(1333));
         assert_eq!(stack_depth("no statistics"), Vec::<u32>::new());
         assert_eq!(insns_processed(""), None);
     }

@@ -1,7 +1,9 @@
 //! A TCP peer for the end-to-end tests, run inside a test network namespace with
 //! `ip netns exec NS netpeer ...` so that its connections carry that namespace.
 //!
-//!   netpeer serve ADDR:PORT            accept and close connections until killed
+//!   netpeer serve ADDR:PORT [IDLE_S]   accept connections until killed, one at a time, each
+//!                                      closed when its client closes or sends nothing for
+//!                                      IDLE_S seconds (default 2)
 //!   netpeer connect ADDR:PORT N [rst]  make N connections one after another; print outcomes
 //!   netpeer abort ADDR:PORT MS         start a connect, close the socket after MS milliseconds
 //!   netpeer hold ADDR:PORT             connect and keep the connection open until killed
@@ -53,11 +55,12 @@ fn main() {
     match arg(0).as_str() {
         "serve" => {
             let l = TcpListener::bind(addr()).expect("bind");
+            let idle = Duration::from_secs(args.get(2).map_or(2, |s| s.parse().expect("IDLE_S")));
             println!("{{\"listening\":\"{}\"}}", l.local_addr().expect("addr"));
             for s in l.incoming().flatten() {
                 // Read until the client closes, then close: a FIN close on both sides.
                 let mut s = s;
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = s.set_read_timeout(Some(idle));
                 let mut buf = [0u8; 64];
                 while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
             }
