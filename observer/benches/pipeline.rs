@@ -1,6 +1,6 @@
 //! Agent pipeline throughput without the kernel: kernel readings (flow key and cumulative
 //! counters, as the agent reads them from the flow map) go through what `observer run` does with
-//! each of them (`Agent::observe`, then `Agent::finish_flow` or `run::emit_cached`) — delta
+//! each of them (`Agent::observe`, then `Agent::finish_flow` or `record::emit_cached`) — delta
 //! (tracker), record, the flow cache or else attribution through the Kubernetes index and the
 //! verdict, metrics, and the flow-log line written to /dev/null — on one thread. Run by
 //! `cargo xtask bench`:
@@ -14,7 +14,7 @@
 //! one record (the worst case for the agent: in `observer run` the kernel adds up a flow's
 //! connections between readings, and a reading that finds nothing new costs only the tracker's
 //! lookup). The `--flows` flows (50,000 by default) are read round-robin, a pass over all of them
-//! at a time taken as `Agent::observe_batch` takes a scan (`run::look_ahead`): each flow's first
+//! at a time taken as `Agent::observe_batch` takes a scan (`pipeline::look_ahead`): each flow's first
 //! reading takes the full path (attribution, verdict, series lookup, serde), later ones the flow
 //! cache, as in the agent while the index, the model and the host names stay the same. The
 //! flows' local ends are `--node-pods` pods of the inventory (every pod when 0, the default),
@@ -29,17 +29,20 @@ use std::{
 };
 
 use observer::{
+    agent::{
+        flowcache::{Epoch, Fate, FlowCache, Slot},
+        pipeline::look_ahead,
+        record::{emit_cached, flow_record, fresh},
+    },
     architecture::{Architecture, ModelHandle},
     attribution::Attributor,
     capture::tracker::Tracker,
-    flowcache::{Epoch, Fate, FlowCache, Slot},
     flowlog::FlowLog,
     http::Health,
     inventory::{IndexHandle, NodeAddresses, offline},
     judge,
     metrics::{FlowSeries, connection_labels},
     names::HostNames,
-    run::{emit_cached, flow_record, fresh, look_ahead},
     scope::Scoper,
     traces::{TraceOptions, Traces},
 };

@@ -83,7 +83,7 @@ pub struct RunArgs {
     /// Which accepted connections to report: `external` (from outside the cluster; sources in
     /// the cluster are reported by their own node as egress) or `all`.
     #[arg(long, value_enum, default_value = "external")]
-    pub ingress: crate::run::IngressMode,
+    pub ingress: crate::agent::options::IngressMode,
     /// Where to write the flow log (JSON Lines, appended); `-` for stdout.
     #[arg(long, default_value = "-")]
     pub flow_log: PathBuf,

@@ -1,5 +1,6 @@
 //! The observer agent: capture, attribution, verdicts and export of TCP flows.
 
+pub mod agent;
 pub mod architecture;
 pub mod attribution;
 pub mod capture;
@@ -8,7 +9,6 @@ pub mod check;
 pub mod cli;
 pub mod dns;
 pub mod fasthash;
-pub mod flowcache;
 pub mod flowlog;
 pub mod http;
 pub mod inventory;
@@ -18,6 +18,5 @@ pub mod metrics;
 pub mod names;
 pub mod prefetch;
 pub mod report;
-pub mod run;
 pub mod scope;
 pub mod traces;

@@ -2,10 +2,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use observer::{
+    agent::{
+        options::{DnsOptions, InventorySource, RunError, RunOptions},
+        run,
+    },
     architecture::{Architecture, ModelHandle},
     capture::{DnsCaptureOptions, MapSizes},
     cli::{Cli, Command, RunArgs},
-    run::{DnsOptions, InventorySource, RunError, RunOptions, run},
     scope::Scoper,
 };
 use tracing_subscriber::EnvFilter;

@@ -204,7 +204,7 @@ pub struct FlowSeries {
 
 impl FlowSeries {
     /// Starts loading the slot of the series a record of the flow counts in (see
-    /// [`crate::run::look_ahead`]).
+    /// [`crate::agent::pipeline::look_ahead`]).
     pub fn prefetch_slot(&self) {
         if let Held::Own(slot) = &self.connections {
             crate::prefetch::object(&**slot);

@@ -93,7 +93,7 @@ impl Slot {
         self.0.is_none()
     }
 
-    // What a record of this flow will read, loaded in stages (see [`crate::run::look_ahead`]):
+    // What a record of this flow will read, loaded in stages (see [`crate::agent::pipeline::look_ahead`]):
     // each stage reads only what the stage before loaded, so none waits for main memory.
 
     /// Starts loading the cached outcome.
