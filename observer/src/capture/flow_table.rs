@@ -4,7 +4,7 @@
 //! A reading of one of tens of thousands of flows waits for main memory to find the flow's
 //! entry. std's map finds an entry by reading its control bytes first, so a lookup can only
 //! start loading the entry once those have arrived, and loading a batch of readings' entries
-//! ahead of taking them ([`crate::run::look_ahead`]) waited on each lookup in turn. Here an
+//! ahead of taking them ([`crate::agent::pipeline::look_ahead`]) waited on each lookup in turn. Here an
 //! index of 8-byte buckets, open addressing with linear probing, points into a dense array of
 //! entries: a key's first bucket follows from its hash alone ([`FlowTable::prefetch_bucket`]),
 //! and the entry from the bucket ([`FlowTable::prefetch_entry`]), each loaded one stage ahead.

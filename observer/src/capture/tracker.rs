@@ -83,7 +83,7 @@ impl<S: Default> Tracker<S> {
     }
 
     // Looking a batch of readings up ahead of taking them, in stages (see
-    // [`crate::run::look_ahead`]): the hash, then the bucket, then the entry, then its state.
+    // [`crate::agent::pipeline::look_ahead`]): the hash, then the bucket, then the entry, then its state.
 
     pub fn hash(&self, key: &FlowKey) -> u64 {
         self.reported.hash(key)

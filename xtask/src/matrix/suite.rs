@@ -177,7 +177,7 @@ test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 8 filtered out; 
 
     #[test]
     fn the_selection_or_some_of_it() {
-        assert_eq!(selected(&[]).unwrap().len(), 6);
+        assert_eq!(selected(&[]).unwrap().len(), 8);
         let one = selected(&["each_outcome_of_an_active_open".into()]).unwrap();
         assert_eq!(one, [("capture", "each_outcome_of_an_active_open")]);
         assert!(selected(&["no_such_test".into()]).is_err());
