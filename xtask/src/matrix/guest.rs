@@ -78,13 +78,15 @@ pub struct TestRun {
 }
 
 /// Boots `vmlinuz` with `initramfs`, runs `results/run.sh` in the guest, and waits at most
-/// `timeout` for it to power off.
+/// `timeout` for it to power off. `keep`: directories the guest must see as the host has them
+/// even where it mounts a tmpfs of its own (the repository and its target directory).
 pub fn boot(
     vmlinuz: &Path,
     initramfs: &Path,
     results: &Path,
     console: &Path,
     timeout: Duration,
+    keep: &[&Path],
 ) -> Result<(bool, Duration)> {
     let log = File::create(console).with_context(|| format!("creating {}", console.display()))?;
     let mut qemu = Command::new("qemu-system-x86_64");
@@ -113,9 +115,13 @@ pub fn boot(
     .arg(initramfs)
     .arg("-append")
     .arg(format!(
-        "console=ttyS0 panic=-1 loglevel=5 matrix_results={} matrix_script={}",
+        "console=ttyS0 panic=-1 loglevel=5 matrix_results={} matrix_script={} matrix_keep={}",
         results.display(),
-        results.join("run.sh").display()
+        results.join("run.sh").display(),
+        keep.iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
     ))
     .args([
         "-virtfs",

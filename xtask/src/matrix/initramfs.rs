@@ -255,7 +255,9 @@ fn read_module(path: &Path) -> Result<Vec<u8>> {
 
 /// The guest's /init (busybox sh). Kernel parameters the kernel does not know arrive in its
 /// environment: `matrix_results` (the results directory, shared writable over 9p and mounted
-/// over the same path in the host's tree) and `matrix_script` (what to run in the chroot).
+/// over the same path in the host's tree), `matrix_script` (what to run in the chroot) and
+/// `matrix_keep` (the repository and target directory, colon-separated, which must stay
+/// visible even under the guest's own /tmp).
 pub const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mkdir -p /sbin /usr/bin /usr/sbin /proc /sys /dev /host
 /bin/busybox --install -s
@@ -271,9 +273,8 @@ done < /modules/order
 say "modules loaded: $(wc -l < /modules/order)"
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /host \
   || stop "cannot mount the host's root"
-R="$matrix_results"
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results "/host$R" \
-  || stop "cannot mount the results share on $R"
+# The host's root once more, without what is mounted over it below.
+mkdir -p /hostro && mount --bind /host /hostro
 mount -t proc proc /host/proc
 mount -t sysfs sysfs /host/sys
 mount -t devtmpfs devtmpfs /host/dev
@@ -283,6 +284,17 @@ mount -t tmpfs tmpfs /host/dev/shm
 for d in /run /tmp /var/tmp /etc/netns; do
   [ -d "/host$d" ] && mount -t tmpfs -o mode=1777 tmpfs "/host$d"
 done
+# A repository or target directory under one of those (a clone in /tmp) is hidden by its
+# tmpfs: bind it back from the host's root.
+for k in $(echo "$matrix_keep" | tr : ' '); do
+  case "$k" in
+    /run/*|/tmp/*|/var/tmp/*) mkdir -p "/host$k" && mount --bind "/hostro$k" "/host$k" \
+      || stop "cannot bring back $k" ;;
+  esac
+done
+R="$matrix_results"
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results "/host$R" \
+  || stop "cannot mount the results share on $R"
 mount -t cgroup2 cgroup2 /host/sys/fs/cgroup
 mount -t bpf bpf /host/sys/fs/bpf
 mount -t tracefs tracefs /host/sys/kernel/tracing

@@ -277,7 +277,14 @@ fn one(ctx: &Ctx, series: &Series) -> Result<Outcome> {
         console.display()
     );
     let timeout = Duration::from_secs(args.timeout_seconds);
-    let (timed_out, _) = guest::boot(&kernel.vmlinuz, &initramfs, &results, &console, timeout)?;
+    let (timed_out, _) = guest::boot(
+        &kernel.vmlinuz,
+        &initramfs,
+        &results,
+        &console,
+        timeout,
+        &[ctx.root, &target_dir(ctx.root)],
+    )?;
     let guest_release = guest::release(&results);
     let mut failures = Vec::new();
     let mut passed = 0;
